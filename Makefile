@@ -1,0 +1,55 @@
+# CampusHub: `make demo` runs the demo, `make test` runs the tests. Both install what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+CHP_VERSION := 4.6.3
+# The single-user environment for the test cluster's jobs: outside the checkout, world-readable.
+SINGLEUSER_ENV ?= /opt/campushub/test-singleuser
+PYTEST_ARGS ?=
+
+# Node.js for configurable-http-proxy: Debian's, unless a Node.js with npm is already installed.
+NODE_PACKAGES := $(if $(shell command -v npm),,nodejs npm)
+DEMO_PACKAGES := python3-venv $(NODE_PACKAGES)
+TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo
+
+.PHONY: help demo test install system-packages test-system-packages singleuser-env clean
+
+help:
+	@echo "make demo   install what is needed and run the CampusHub demo on http://127.0.0.1:8000"
+	@echo "make test   install what is needed (as root) and run all tests against a throwaway Slurm cluster"
+	@echo "make clean  remove the virtualenv and the demo's state folder"
+
+demo: install
+	$(VENV)/bin/campushub up
+
+test: test-system-packages install singleuser-env
+	CAMPUSHUB_TEST_SINGLEUSER_ENV=$(SINGLEUSER_ENV) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+system-packages:
+	@./scripts/apt-ensure $(DEMO_PACKAGES)
+
+test-system-packages:
+	@./scripts/apt-ensure $(TEST_PACKAGES)
+
+install: system-packages $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	npm install --silent --no-save --no-audit --no-fund --prefix $(VENV)/lib/node configurable-http-proxy@$(CHP_VERSION)
+	ln -sf ../lib/node/node_modules/.bin/configurable-http-proxy $(VENV)/bin/configurable-http-proxy
+	touch $@
+
+singleuser-env: $(SINGLEUSER_ENV)/.installed
+
+$(SINGLEUSER_ENV)/.installed: images/singleuser-requirements.txt
+	test -x $(SINGLEUSER_ENV)/bin/python || /usr/bin/python3 -m venv $(SINGLEUSER_ENV)
+	$(SINGLEUSER_ENV)/bin/python -m pip install --quiet -r images/singleuser-requirements.txt
+	chmod -R a+rX $(SINGLEUSER_ENV) $(dir $(SINGLEUSER_ENV))
+	touch $@
+
+clean:
+	rm -rf $(VENV) campushub-state

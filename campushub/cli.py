@@ -1,0 +1,261 @@
+"""The `campushub` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from . import __version__
+from .site import Site, SiteError, load_site, site_schema
+from .state import StateDir
+
+PROXY_COMMAND = "configurable-http-proxy"
+
+
+class CommandError(Exception):
+    """A failure the CLI reports in one message (exit 2)."""
+
+
+def site_from(args) -> Site:
+    return load_site(args.config or os.environ.get("CAMPUSHUB_CONFIG") or None)
+
+
+def public_url(site: Site) -> str:
+    return f"http://{site.hub.ip}:{site.hub.port}{site.hub.base_url}"
+
+
+def connectable(ip: str) -> str:
+    """An address to connect to for a listening address (a wildcard means this host)."""
+    return "127.0.0.1" if ip in ("0.0.0.0", "::", "") else ip
+
+
+def find_proxy() -> str:
+    # The venv's bin/ first: the Makefile installs the proxy there, and it may not be on PATH.
+    here = Path(sys.executable).parent / PROXY_COMMAND
+    found = str(here) if here.exists() else shutil.which(PROXY_COMMAND)
+    if not found:
+        raise CommandError(
+            f"{PROXY_COMMAND} not found: install it with `npm install -g configurable-http-proxy` "
+            "(or `make install`, which puts it in the virtualenv)"
+        )
+    return found
+
+
+# --- config ---------------------------------------------------------------------------------
+
+
+def cmd_config_check(args) -> int:
+    site = load_site(args.file)
+    print(f"OK: {site.source} (spawner backend: {site.spawner.backend}, login: {site.auth.kind})")
+    return 0
+
+
+def cmd_config_schema(args) -> int:
+    print(json.dumps(site_schema(), indent=2))
+    return 0
+
+
+# --- proxy and hub --------------------------------------------------------------------------
+
+
+def cmd_proxy(args) -> int:
+    site = site_from(args)
+    state = StateDir(site.hub.state_dir).ensure()
+    hub_url = f"http://{connectable(site.hub.hub_ip)}:{site.hub.hub_port}"
+    argv = [
+        find_proxy(),
+        "--ip", site.hub.ip,
+        "--port", str(site.hub.port),
+        "--api-ip", "127.0.0.1",
+        "--api-port", str(site.proxy.api_port),
+        "--default-target", hub_url,
+        "--error-target", f"{hub_url}{site.hub.base_url}hub/error",
+    ]  # fmt: skip
+    env = dict(os.environ, CONFIGPROXY_AUTH_TOKEN=state.proxy_auth_token())
+    sys.stdout.flush()
+    os.execve(argv[0], argv, env)
+
+
+def cmd_hub(args) -> int:
+    site = site_from(args)  # a bad site file stops here, with every problem listed
+    if site.source:
+        os.environ["CAMPUSHUB_CONFIG"] = str(site.source)
+    else:
+        os.environ.pop("CAMPUSHUB_CONFIG", None)
+    argv = ["--config", str(Path(__file__).with_name("jupyterhub_config.py"))]
+    if args.cleanup_servers:
+        argv.append("--JupyterHub.cleanup_servers=True")
+    if args.debug:
+        argv.append("--debug")
+    from jupyterhub.app import main as jupyterhub_main
+
+    jupyterhub_main(argv)
+    return 0
+
+
+# --- up -------------------------------------------------------------------------------------
+
+
+class Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise Stop()
+
+
+def hub_answers(site: Site) -> bool:
+    try:
+        url = f"http://{connectable(site.hub.hub_ip)}:{site.hub.hub_port}{site.hub.base_url}hub/api/"
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def stop_child(proc: subprocess.Popen, name: str, timeout: float) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        print(f"campushub: the {name} did not stop within {timeout:.0f} s; killing it", file=sys.stderr)
+        proc.kill()
+        proc.wait()
+
+
+def cmd_up(args) -> int:
+    site = site_from(args)
+    find_proxy()
+    state = StateDir(site.hub.state_dir).ensure()
+    common = ["--config", str(site.source)] if site.source else []
+    me = [sys.executable, "-m", "campushub"]
+    url = public_url(site)
+
+    print(f"CampusHub {__version__}: starting at {url}")
+    print(f"  state folder (database, secrets, logs): {state.path}")
+    if site.auth.kind == "shared-password":
+        password, created = state.demo_password()
+        if created:
+            print(f"  log in with any user name and this password (shown once): {password}")
+        else:
+            print(f"  log in with any user name and the password in {state.path / 'demo_password'}")
+    sys.stdout.flush()
+
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    # Own sessions: Ctrl-C reaches only this process, which then stops the hub (and with it every
+    # server) before the proxy.
+    proxy = subprocess.Popen([*me, "proxy", *common], start_new_session=True)
+    hub = subprocess.Popen([*me, "hub", "--cleanup-servers", *common], start_new_session=True)
+    ready = False
+    code = 0
+    try:
+        while True:
+            for proc, name in ((proxy, "proxy"), (hub, "hub")):
+                if proc.poll() is not None:
+                    print(f"campushub: the {name} exited (status {proc.returncode}); stopping", file=sys.stderr)
+                    code = 1
+                    raise Stop()
+            if not ready and hub_answers(site):
+                ready = True
+                print(f"CampusHub is ready: open {url} (Ctrl-C stops it and every user's server)", flush=True)
+            time.sleep(0.5)
+    except Stop:
+        print("campushub: stopping the hub and every user's server, then the proxy ...", flush=True)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_child(hub, "hub", site.spawner.start_timeout + 30)
+        stop_child(proxy, "proxy", 10)
+    print("campushub: stopped", flush=True)
+    return code
+
+
+# --- the parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="campushub",
+        description="CampusHub: JupyterHub for AI research campuses. "
+        "One site file describes the deployment; without one, embedded demo defaults are used.",
+    )
+    parser.add_argument("--version", action="version", version=f"campushub {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def site_option(p):
+        p.add_argument(
+            "-c", "--config", metavar="FILE",
+            help="the site file (default: $CAMPUSHUB_CONFIG, else the embedded demo defaults)",
+        )  # fmt: skip
+
+    up = commands.add_parser(
+        "up",
+        help="run CampusHub in the foreground: proxy and hub (Ctrl-C stops all, servers too)",
+        description="Start the proxy and the hub in the foreground and print where to log in. "
+        "Ctrl-C stops the hub, every user's server and the proxy. Without a site file: the demo "
+        "(http://127.0.0.1:8000, servers as local processes, a generated shared password).",
+    )
+    site_option(up)
+    up.set_defaults(func=cmd_up)
+
+    hub = commands.add_parser(
+        "hub",
+        help="run the hub alone (servers keep running across its restarts)",
+        description="Run JupyterHub configured from the site file. Users' servers survive a restart of "
+        "the hub; run `campushub proxy` beside it (a service manager runs both).",
+    )
+    site_option(hub)
+    hub.add_argument("--cleanup-servers", action="store_true", help="stop every user's server when the hub stops")
+    hub.add_argument("--debug", action="store_true", help="log at debug level")
+    hub.set_defaults(func=cmd_hub)
+
+    proxy = commands.add_parser(
+        "proxy",
+        help="run the proxy alone (configurable-http-proxy)",
+        description="Run configurable-http-proxy on the site's public address, with the hub as default "
+        "target and the shared token from the state folder.",
+    )
+    site_option(proxy)
+    proxy.set_defaults(func=cmd_proxy)
+
+    config = commands.add_parser("config", help="check the site file, print its schema",
+                                 description="Work with site files.")  # fmt: skip
+    config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    check = config_commands.add_parser(
+        "check",
+        help="validate a site file: OK, or every error with its key",
+        description="Validate a site file. Prints OK, or one line per error naming the key and the reason; "
+        "exits 2 on error.",
+    )
+    check.add_argument("file", metavar="FILE", help="the site file (YAML)")
+    check.set_defaults(func=cmd_config_check)
+    schema = config_commands.add_parser(
+        "schema", help="print the JSON Schema of the site file", description="Print the site file's JSON Schema."
+    )
+    schema.set_defaults(func=cmd_config_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SiteError as e:
+        print("campushub: the site file has errors:", file=sys.stderr)
+        for problem in e.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except CommandError as e:
+        print(f"campushub: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,96 @@
+"""Site file -> JupyterHub traitlets config.
+
+One small function per concern; each sets traits and never appends to or mutates what another set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from traitlets.config import Config
+
+from .site import Site, load_site
+from .state import StateDir
+
+
+def apply_hub(c: Config, site: Site, state: StateDir) -> None:
+    c.JupyterHub.bind_url = f"http://{site.hub.ip}:{site.hub.port}{site.hub.base_url}"
+    c.JupyterHub.hub_ip = site.hub.hub_ip
+    c.JupyterHub.hub_port = site.hub.hub_port
+    if site.hub.hub_connect_url:
+        c.JupyterHub.hub_connect_url = site.hub.hub_connect_url
+    c.JupyterHub.db_url = state.db_url
+    c.JupyterHub.cookie_secret_file = str(state.cookie_secret_file)
+    # Servers outlive a hub restart; `campushub up` asks for the opposite on its command line.
+    c.JupyterHub.cleanup_servers = False
+    c.JupyterHub.cleanup_proxy = False
+
+
+def apply_proxy(c: Config, site: Site, state: StateDir) -> None:
+    # The proxy is its own process (`campushub proxy`), so a hub restart cuts no user's connection.
+    c.ConfigurableHTTPProxy.should_start = False
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{site.proxy.api_port}"
+    c.ConfigurableHTTPProxy.auth_token = state.proxy_auth_token()
+
+
+def apply_auth(c: Config, site: Site, state: StateDir) -> None:
+    if site.auth.kind == "shared-password":
+        c.JupyterHub.authenticator_class = "shared-password"
+        c.SharedPasswordAuthenticator.user_password = state.demo_password()[0]
+        c.SharedPasswordAuthenticator.allow_all = True
+
+
+def apply_spawner(c: Config, site: Site, state: StateDir) -> None:
+    s = site.spawner
+    c.Spawner.default_url = "/lab"
+    c.Spawner.start_timeout = s.start_timeout
+    c.Spawner.http_timeout = s.http_timeout
+    c.Spawner.poll_interval = s.poll_interval
+    if s.backend == "local":
+        apply_local(c, site, state)
+    else:
+        apply_slurm(c, site, state)
+
+
+def apply_local(c: Config, site: Site, state: StateDir) -> None:
+    c.JupyterHub.spawner_class = "simple"
+    c.SimpleLocalProcessSpawner.home_dir_template = str(state.path / "homes" / "{username}")
+    c.Spawner.cmd = [str(Path(sys.executable).parent / "jupyterhub-singleuser")]
+    if os.geteuid() == 0:
+        c.Spawner.args = ["--ServerApp.allow_root=True"]
+
+
+def apply_slurm(c: Config, site: Site, state: StateDir) -> None:
+    # Imported here, not by name, so that the hardened port callback replaces batchspawner's
+    # before the hub builds its URL handlers.
+    from .spawners.slurm import SlurmSpawner
+
+    slurm = site.spawner.slurm
+    c.JupyterHub.spawner_class = SlurmSpawner
+    c.SlurmSpawner.partition = slurm.partition
+    c.SlurmSpawner.account = slurm.account or ""
+    c.SlurmSpawner.qos = slurm.qos or ""
+    c.SlurmSpawner.cpus = slurm.cpus
+    c.SlurmSpawner.memory = slurm.memory
+    c.SlurmSpawner.walltime = slurm.walltime
+    c.SlurmSpawner.python_env = str(slurm.python_env or "")
+    c.SlurmSpawner.prologue = slurm.prologue
+    c.SlurmSpawner.submit_prefix = list(slurm.submit_prefix)
+    c.SlurmSpawner.min_uid = slurm.min_uid
+    c.SlurmSpawner.startup_poll_interval = slurm.poll_interval
+
+
+def hub_config(site: Site) -> Config:
+    """The whole JupyterHub config for a site."""
+    state = StateDir(site.hub.state_dir).ensure()
+    c = Config()
+    for apply in (apply_hub, apply_proxy, apply_auth, apply_spawner):
+        apply(c, site, state)
+    return c
+
+
+def configure(c: Config) -> None:
+    """Load the site file named by CAMPUSHUB_CONFIG (embedded defaults if unset) into `c`."""
+    c.merge(hub_config(load_site(os.environ.get("CAMPUSHUB_CONFIG") or None)))

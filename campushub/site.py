@@ -1,0 +1,215 @@
+"""The site file: one YAML file that describes a CampusHub deployment.
+
+`load_site` turns it into a validated, typed `Site`; `site_schema` exports the JSON Schema.
+Every key has a description: it feeds the schema, the docs and the example site file.
+Relative paths in a site file are relative to the folder holding that file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+
+class SiteError(Exception):
+    """A site file that cannot be used; `problems` holds one line per error, each naming its key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# Names that end up in Slurm options: letters, digits and a few separators, nothing a shell reads.
+SlurmName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _resolve_paths(cls, value: Any, info: ValidationInfo) -> Any:
+        base = (info.context or {}).get("base")
+        if isinstance(value, Path) and base is not None and not value.is_absolute():
+            return (Path(base) / value).resolve()
+        return value
+
+
+class HubSettings(Section):
+    ip: str = Field(
+        "127.0.0.1",
+        description="Address where users reach CampusHub (the proxy listens here). "
+        "Keep 127.0.0.1 behind a TLS-terminating reverse proxy.",
+    )
+    port: Port = Field(8000, description="Port where users reach CampusHub.")
+    base_url: str = Field(
+        "/", pattern=r"^/([A-Za-z0-9._~-]+/)*$", description="URL prefix of the whole site, ending in '/'."
+    )
+    hub_ip: str = Field(
+        "127.0.0.1",
+        description="Address of the hub's own API. Servers on compute nodes must reach it: "
+        "on a cluster use an address of the hub host that the nodes can reach.",
+    )
+    hub_port: Port = Field(8081, description="Port of the hub's own API.")
+    hub_connect_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/]+(/.*)?$",
+        description="URL that servers use to reach the hub API, when it differs from "
+        "http://hub_ip:hub_port (a DNS name, a NAT address).",
+    )
+    state_dir: Path = Field(
+        Path("campushub-state"),
+        description="Folder for the hub database (SQLite), generated secrets and logs. Created with mode 0700.",
+    )
+
+
+class ProxySettings(Section):
+    api_port: Port = Field(8001, description="Port of the proxy's REST API on 127.0.0.1 (the hub talks to it).")
+
+
+class AuthSettings(Section):
+    kind: Literal["shared-password"] = Field(
+        "shared-password",
+        description="How users log in. 'shared-password': any user name with one shared password "
+        "(demos and trials only; the password is generated into the state folder).",
+    )
+
+
+class SlurmSettings(Section):
+    partition: SlurmName = Field(description="Slurm partition for users' servers.")
+    account: SlurmName | None = Field(None, description="Slurm account to charge (sbatch --account).")
+    qos: SlurmName | None = Field(None, description="Slurm quality of service (sbatch --qos).")
+    cpus: int = Field(1, ge=1, le=1024, description="CPUs per server (sbatch --cpus-per-task).")
+    memory: str = Field(
+        "4G", pattern=r"^[1-9][0-9]*[KMGT]?$", description="Memory per server (sbatch --mem), e.g. 4G."
+    )
+    walltime: str = Field(
+        "08:00:00",
+        pattern=r"^([0-9]+-)?[0-9]{1,2}:[0-9]{2}:[0-9]{2}$",
+        description="Longest run of one server (sbatch --time), as [days-]hours:minutes:seconds.",
+    )
+    python_env: Path | None = Field(
+        None,
+        description="Prefix of the Python environment on the compute nodes that holds jupyterhub-singleuser "
+        "and batchspawner-singleuser (its bin/ is put first on PATH). Unset: found on the job's PATH.",
+    )
+    prologue: str = Field(
+        "",
+        description="Shell lines run in the job before the server starts (module load, conda activate). "
+        "Written by the admin; no user input ever reaches it.",
+    )
+    submit_prefix: list[str] = Field(
+        ["sudo", "-E", "-u", "{username}"],
+        min_length=1,
+        description="Command that runs sbatch, squeue, scancel, mkdir and tail as the user; "
+        "'{username}' is replaced. Run without a shell.",
+    )
+    min_uid: int = Field(
+        1000, ge=1, description="Lowest unix uid that may get a server: system accounts and root never do."
+    )
+    poll_interval: float = Field(
+        1.0, gt=0, le=60, description="Seconds between job-state checks while a server is starting."
+    )
+
+    @field_validator("submit_prefix")
+    @classmethod
+    def _prefix_words(cls, words: list[str]) -> list[str]:
+        if any(not w or "\n" in w for w in words):
+            raise ValueError("every word must be non-empty and on one line")
+        return words
+
+
+class SpawnerSettings(Section):
+    backend: Literal["local", "slurm"] = Field(
+        "local",
+        description="Where servers run. 'local': as processes of the hub's own account, on the hub host "
+        "(the demo; no isolation between users). 'slurm': each server is a Slurm job of the user's unix account.",
+    )
+    start_timeout: int = Field(
+        300, ge=10, description="Seconds a server may take to start (queue wait included) before the spawn fails."
+    )
+    http_timeout: int = Field(60, ge=5, description="Seconds a started server may take to answer HTTP.")
+    poll_interval: int = Field(
+        30, ge=1, description="Seconds between checks that a running server is still alive."
+    )
+    slurm: SlurmSettings | None = Field(None, description="Settings of the Slurm backend.")
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> SpawnerSettings:
+        if self.backend == "slurm" and self.slurm is None:
+            raise ValueError("spawner.slurm is required when spawner.backend is slurm")
+        return self
+
+
+class Site(Section):
+    """A CampusHub deployment."""
+
+    hub: HubSettings = Field({}, description="Addresses, ports and the state folder.")
+    proxy: ProxySettings = Field({}, description="The proxy in front of the hub.")
+    auth: AuthSettings = Field({}, description="How users log in.")
+    spawner: SpawnerSettings = Field({}, description="Where users' servers run.")
+    source: Path | None = Field(None, exclude=True, description="The file this site was read from.")
+
+    @property
+    def hub_api_url(self) -> str:
+        return f"http://{self.hub.hub_ip}:{self.hub.hub_port}"
+
+
+def _problem(error: dict) -> str:
+    where = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message[:1].lower()}{message[1:]}"
+
+
+def parse_site(data: Any, base: Path | None = None) -> Site:
+    """Validate already-parsed YAML data; relative paths resolve against `base` (default: cwd)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SiteError([f"(top level): expected a mapping of sections, got {type(data).__name__}"])
+    if "source" in data:
+        raise SiteError(["source: extra inputs are not permitted"])
+    try:
+        return Site.model_validate(data, context={"base": base or Path.cwd()})
+    except ValidationError as e:
+        raise SiteError([_problem(err) for err in e.errors()]) from None
+
+
+def load_site(path: str | Path | None) -> Site:
+    """Read and validate a site file; None gives the embedded defaults (the demo)."""
+    if path is None:
+        return parse_site({})
+    path = Path(path).resolve()
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SiteError([f"{path}: cannot read the site file: {e.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise SiteError([f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}"]) from None
+    site = parse_site(data, base=path.parent)
+    return site.model_copy(update={"source": path})
+
+
+def site_schema() -> dict:
+    """The JSON Schema of the site file."""
+    schema = Site.model_json_schema()
+    schema["properties"].pop("source", None)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "CampusHub site file"
+    return schema

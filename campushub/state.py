@@ -1,0 +1,45 @@
+"""The state folder: hub database, generated secrets, logs. Secrets are files of mode 0600."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+class StateDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def ensure(self) -> StateDir:
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.path, 0o700)
+        return self
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.path / 'jupyterhub.sqlite'}"
+
+    @property
+    def cookie_secret_file(self) -> Path:
+        return self.path / "jupyterhub_cookie_secret"
+
+    def secret(self, name: str, make=lambda: secrets.token_hex(32)) -> tuple[str, bool]:
+        """Return (value, created): the secret stored in file `name`, made and written 0600 if absent."""
+        path = self.path / name
+        value = make()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            if path.stat().st_mode & 0o077:
+                raise PermissionError(f"{path} is readable by others: chmod 600 it") from None
+            return path.read_text().strip(), False
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+        return value, True
+
+    def proxy_auth_token(self) -> str:
+        return self.secret("proxy_auth_token")[0]
+
+    def demo_password(self) -> tuple[str, bool]:
+        return self.secret("demo_password", make=lambda: secrets.token_urlsafe(12))

@@ -1,0 +1,173 @@
+"""A real CampusHub (`campushub proxy` + `campushub hub`) run from a site file, and a client for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+import yaml
+
+from .slurm import free_port, wait_for
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+class RunningHub:
+    def __init__(self, workdir: Path, site: dict):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.hub_port = free_port()
+        self.site = deep_merge(
+            {
+                "hub": {"port": self.port, "hub_port": self.hub_port, "state_dir": str(self.workdir / "state")},
+                "proxy": {"api_port": free_port()},
+            },
+            site,
+        )
+        self.site_file = self.workdir / "campushub.yaml"
+        self.site_file.write_text(yaml.safe_dump(self.site))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proxy: subprocess.Popen | None = None
+        self.hub: subprocess.Popen | None = None
+        self.hub_starts = 0
+
+    # --- processes ---
+
+    def _campushub(self, *args: str, log: str) -> subprocess.Popen:
+        out = open(self.workdir / log, "a")
+        return subprocess.Popen(
+            [sys.executable, "-m", "campushub", *args, "--config", str(self.site_file)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def start(self) -> RunningHub:
+        self.proxy = self._campushub("proxy", log="proxy.log")
+        self.start_hub()
+        return self
+
+    def start_hub(self) -> None:
+        self.hub_starts += 1
+        self.hub = self._campushub("hub", log="hub.log")
+        wait_for(self.hub_answers, 60, f"the hub to answer (log: {self.workdir / 'hub.log'})", 0.25)
+
+    def hub_answers(self) -> bool:
+        if self.hub.poll() is not None:
+            raise RuntimeError(f"the hub exited ({self.hub.returncode}): {self.log_tail()}")
+        try:
+            return requests.get(f"http://127.0.0.1:{self.hub_port}/hub/api/", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def stop_hub(self) -> None:
+        """SIGTERM, as a service manager stops it."""
+        self.hub.send_signal(signal.SIGTERM)
+        self.hub.wait(60)
+
+    def close(self) -> None:
+        for proc in (self.hub, self.proxy):
+            if proc and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = (self.workdir / "hub.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    @property
+    def password(self) -> str:
+        return (Path(self.site["hub"]["state_dir"]) / "demo_password").read_text().strip()
+
+    # --- users ---
+
+    def login(self, user: str, password: str | None = None) -> requests.Session:
+        s = requests.Session()
+        s.get(f"{self.url}/hub/login", timeout=10).raise_for_status()
+        r = s.post(
+            f"{self.url}/hub/login",
+            data={"username": user, "password": password or self.password, "_xsrf": s.cookies.get("_xsrf")},
+            allow_redirects=False,
+            timeout=30,
+        )
+        assert r.status_code == 302, f"login of {user} failed: {r.status_code} {r.text[:300]}"
+        return s
+
+    def token(self, user: str) -> str:
+        s = self.login(user)
+        r = s.post(
+            f"{self.url}/hub/api/users/{user}/tokens",
+            headers={"X-XSRFToken": s.cookies.get("_xsrf")},
+            json={"note": "tests"},
+            timeout=10,
+        )
+        assert r.status_code == 201, r.text
+        return r.json()["token"]
+
+    def api(self, method: str, path: str, token: str, **kw) -> requests.Response:
+        headers = {"Authorization": f"token {token}", **kw.pop("headers", {})}
+        return requests.request(method, f"{self.url}/hub/api{path}", headers=headers, timeout=30, **kw)
+
+    def server(self, user: str, token: str) -> dict | None:
+        """The user's default server as the hub reports it, or None."""
+        r = self.api("GET", f"/users/{user}", token)
+        r.raise_for_status()
+        return r.json()["servers"].get("")
+
+    def spawn(self, user: str, token: str, **body) -> requests.Response:
+        return self.api("POST", f"/users/{user}/server", token, json=body)
+
+    def progress(self, user: str, token: str, timeout: float = 120) -> list[dict]:
+        """The spawn's progress events, up to the last one (ready or failed)."""
+        r = self.api("GET", f"/users/{user}/server/progress", token, stream=True)
+        r.raise_for_status()
+        events, deadline = [], time.monotonic() + timeout
+        for line in r.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+                if events[-1].get("ready") or events[-1].get("failed"):
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no end of progress after {timeout} s: {events}")
+        r.close()
+        return events
+
+    def spawn_and_wait(self, user: str, token: str, timeout: float = 120) -> dict:
+        r = self.spawn(user, token)
+        assert r.status_code in (201, 202), r.text
+        events = self.progress(user, token, timeout)
+        assert events[-1].get("ready"), f"spawn of {user} failed: {events}\n{self.log_tail()}"
+        return self.server(user, token)
+
+    def stop_server(self, user: str, token: str, timeout: float = 60) -> None:
+        r = self.api("DELETE", f"/users/{user}/server", token)
+        assert r.status_code in (202, 204), r.text
+        wait_for(lambda: self.server(user, token) is None, timeout, f"{user}'s server to stop")
+
+    def user_get(self, user: str, path: str, token: str, **kw) -> requests.Response:
+        """A request through the proxy to a user's server."""
+        return requests.get(
+            f"{self.url}/user/{user}/{path}", headers={"Authorization": f"token {token}"}, timeout=30, **kw
+        )
+
+
+def environ_of(pid: int) -> dict:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def uid_of(pid: int) -> int:
+    return os.stat(f"/proc/{pid}").st_uid

@@ -1,0 +1,250 @@
+"""Users' servers as real Slurm jobs, through a real CampusHub (proxy + hub) with real unix users.
+
+The site's prologue gives two test users a behaviour of their own: chub-carol's job fails while
+loading its environment; chub-dave's job waits 20 s before starting its server (a spawn held
+pending, to probe the port report).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from campushub.spawners.slurm import SlurmSpawner
+from tests.cluster.hub import RunningHub, environ_of, uid_of
+from tests.cluster.slurm import wait_for
+
+POLL_INTERVAL = 3
+PROLOGUE = """\
+case "$USER" in
+  chub-carol) echo "loading the course environment failed: no such module 'cuda/99'" >&2; exit 3 ;;
+  chub-dave) sleep 20 ;;
+esac"""
+
+
+@pytest.fixture(scope="module")
+def hub(slurm, unix_users, singleuser_env, tmp_path_factory):
+    site = {
+        "spawner": {
+            "backend": "slurm",
+            "start_timeout": 600,  # far beyond what any test waits: a slow failure would show
+            "poll_interval": POLL_INTERVAL,
+            "slurm": {
+                "partition": "gpu",
+                "memory": "1G",
+                "walltime": "01:00:00",
+                "python_env": str(singleuser_env),
+                "prologue": PROLOGUE,
+                "poll_interval": 0.5,
+            },
+        }
+    }
+    running = RunningHub(tmp_path_factory.mktemp("slurm-hub"), site).start()
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def tokens(hub, unix_users):
+    return {name: hub.token(name) for name in unix_users}
+
+
+def job_of(hub, slurm, user) -> dict:
+    jobs = [j for j in slurm.jobs() if j["user"] == user]
+    assert len(jobs) == 1, f"expected one job of {user}: {jobs}"
+    return jobs[0]
+
+
+def server_pid(slurm, job_id: str) -> int:
+    for pid in slurm.job_pids(job_id):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            continue
+        if "jupyterhub-singleuser" in cmdline:
+            return pid
+    raise AssertionError(f"no jupyterhub-singleuser process in job {job_id}")
+
+
+def test_two_users_get_their_own_jobs_and_servers(hub, slurm, unix_users, tokens):
+    alice, bob = "chub-alice", "chub-bob"
+    for user in (alice, bob):
+        server = hub.spawn_and_wait(user, tokens[user])
+        assert server["ready"]
+
+    for user in (alice, bob):
+        job = job_of(hub, slurm, user)
+        assert job["state"] == "RUNNING"
+        assert job["name"] == f"jupyter-{user}"
+        pid = server_pid(slurm, job["id"])
+        assert uid_of(pid) == unix_users[user].pw_uid
+        assert Path(f"/proc/{pid}/cwd").resolve() == Path(unix_users[user].pw_dir)
+        # through the proxy, with the user's own token
+        r = hub.user_get(user, "api/status", tokens[user])
+        assert r.status_code == 200, r.text
+
+    # a user's token opens no other user's server
+    assert hub.user_get(bob, "api/status", tokens[alice]).status_code == 403
+    assert hub.user_get(alice, "api/contents", tokens[bob]).status_code == 403
+    # nor starts or stops it
+    assert hub.api("DELETE", f"/users/{bob}/server", tokens[alice]).status_code in (403, 404)
+    assert hub.server(bob, tokens[bob])["ready"]
+
+
+def test_hub_restart_keeps_servers_and_cuts_no_request(hub, slurm, tokens):
+    users = ["chub-alice", "chub-bob"]
+    for user in users:
+        if not (hub.server(user, tokens[user]) or {}).get("ready"):
+            hub.spawn_and_wait(user, tokens[user])
+    jobs_before = {u: job_of(hub, slurm, u)["id"] for u in users}
+
+    results: list[int | str] = []
+    stop = threading.Event()
+
+    def keep_asking():
+        while not stop.is_set():
+            try:
+                results.append(hub.user_get("chub-alice", "api/status", tokens["chub-alice"]).status_code)
+            except requests.RequestException as e:
+                results.append(repr(e))
+            time.sleep(0.05)
+
+    asker = threading.Thread(target=keep_asking)
+    asker.start()
+    try:
+        time.sleep(1)
+        hub.stop_hub()
+        time.sleep(2)  # the hub is down: users' traffic still flows through the proxy
+        during = len(results)
+        hub.start_hub()
+        time.sleep(1)
+    finally:
+        stop.set()
+        asker.join()
+
+    assert during > 10 and len(results) > during
+    assert set(results) == {200}, [r for r in results if r != 200][:5]
+    for user in users:
+        assert hub.server(user, tokens[user])["ready"]
+        assert job_of(hub, slurm, user)["id"] == jobs_before[user]
+        assert hub.user_get(user, "api/status", tokens[user]).status_code == 200
+
+
+def test_a_failing_squeue_drops_no_server(hub, slurm, tokens):
+    """squeue fails with 'Protocol authentication error' while munge's socket is away; stock
+    batchspawner 1.3.0 reads any such unknown error as "job gone" and drops the server."""
+    user = "chub-alice"
+    if not (hub.server(user, tokens[user]) or {}).get("ready"):
+        hub.spawn_and_wait(user, tokens[user])
+    job = job_of(hub, slurm, user)["id"]
+    socket = Path("/run/munge/munge.socket.2")
+    hidden = socket.with_name("munge.socket.2.hidden")
+    socket.rename(hidden)
+    try:
+        # each failing squeue takes about 4 s (munge retries): allow several hub polls
+        time.sleep(POLL_INTERVAL * 4)
+        failing = slurm.cmd("squeue", "-h", "-j", job, check=False)
+        assert failing.returncode != 0 and "authentication" in failing.stderr
+    finally:
+        hidden.rename(socket)
+    assert "Could not query job" in hub.log_tail(400)
+    assert hub.server(user, tokens[user])["ready"]
+    assert hub.user_get(user, "api/status", tokens[user]).status_code == 200
+    assert slurm.job_state(job) == "RUNNING"
+
+
+def test_stop_cancels_the_job(hub, slurm, tokens):
+    user = "chub-bob"
+    if not (hub.server(user, tokens[user]) or {}).get("ready"):
+        hub.spawn_and_wait(user, tokens[user])
+    job = job_of(hub, slurm, user)["id"]
+    hub.stop_server(user, tokens[user])
+    wait_for(lambda: slurm.job_state(job) in ("GONE", "CANCELLED", "COMPLETED"), 30, f"job {job} to end")
+    assert not [j for j in slurm.jobs() if j["user"] == user]
+
+
+def test_job_killed_with_scancel_shows_stopped_within_poll_interval(hub, slurm, tokens):
+    user = "chub-alice"
+    if not (hub.server(user, tokens[user]) or {}).get("ready"):
+        hub.spawn_and_wait(user, tokens[user])
+    job = job_of(hub, slurm, user)["id"]
+    slurm.cmd("scancel", job)
+    wait_for(lambda: slurm.job_state(job) != "RUNNING", 30, f"job {job} to end")
+    ended = time.monotonic()
+    # the hub polls every POLL_INTERVAL s (with JupyterHub's 10% jitter); a poll's squeue takes < 1 s
+    wait_for(lambda: hub.server(user, tokens[user]) is None, POLL_INTERVAL * 1.1 + 1.5, "the hub to see the stop")
+    assert time.monotonic() - ended <= POLL_INTERVAL * 1.1 + 1.5
+
+
+def test_job_that_dies_before_its_server_fails_the_spawn_at_once(hub, slurm, tokens):
+    user = "chub-carol"
+    started = time.monotonic()
+    r = hub.spawn(user, tokens[user])
+    if r.status_code == 202:  # still going after the hub's 10 s: follow the progress stream
+        final = hub.progress(user, tokens[user], timeout=60)[-1]
+        assert final.get("failed"), final
+        message = final["message"]
+    else:  # failed within those 10 s: the REST answer carries the message
+        assert r.status_code == 500, r.text
+        message = r.json()["message"]
+    # at once, not at start_timeout (600 s): the job's end is seen within a few polls
+    assert time.monotonic() - started < 60
+    assert "ended (FAILED)" in message
+    assert "no such module 'cuda/99'" in message  # the tail of the job's own log
+    assert hub.server(user, tokens[user]) is None
+    assert not [j for j in slurm.jobs() if j["user"] == user]
+
+
+def test_port_report_accepts_only_a_port_from_the_pending_spawn(hub, slurm, unix_users, tokens, tmp_path):
+    user = "chub-dave"
+    marker = Path("/tmp/campushub-port-report-marker")
+    marker.unlink(missing_ok=True)
+    r = hub.spawn(user, tokens[user])
+    assert r.status_code == 202, r.text
+    wait_for(lambda: [j for j in slurm.jobs() if j["user"] == user and j["state"] == "RUNNING"], 60, "dave's job")
+    job = job_of(hub, slurm, user)["id"]
+    # the server's own token, as the job holds it (the prologue still sleeps: the spawn is pending)
+    pids = wait_for(lambda: slurm.job_pids(job), 10, "the job's processes")
+    server_token = next(e["JUPYTERHUB_API_TOKEN"] for e in map(environ_of, pids) if "JUPYTERHUB_API_TOKEN" in e)
+    assert hub.server(user, tokens[user])["pending"] == "spawn"
+
+    def report(body, token=server_token, raw=None):
+        return requests.post(
+            f"{hub.url}/hub/api/batchspawner",
+            headers={"Authorization": f"token {token}"},
+            data=raw if raw is not None else json.dumps(body),
+            timeout=10,
+        )
+
+    evil = f"touch {marker}"
+    # every attribute of the spawner but the port is refused, one by one and mixed with a port
+    for name in sorted(set(SlurmSpawner.class_trait_names()) | {"job_id", "ip", "cmd", "exec_prefix"}):
+        if name == "port":
+            continue
+        assert report({name: evil}).status_code == 400, name
+        assert report({"port": 1234, name: evil}).status_code == 400, name
+    for bad in ({"port": "1234"}, {"port": 0}, {"port": 70000}, {"port": True}, {"port": 12.5}, [1234], {}):
+        assert report(bad).status_code == 400, bad
+    assert report(None, raw="port=1234").status_code == 400
+    # tokens that belong to no pending spawn: the user's own API token, another user's token
+    assert report({"port": 1234}, token=tokens[user]).status_code == 403
+    assert report({"port": 1234}, token=tokens["chub-bob"]).status_code == 403
+
+    # nothing changed: the real report from the job arrives after the prologue, and the server works
+    events = hub.progress(user, tokens[user], timeout=90)
+    assert events[-1].get("ready"), events
+    assert hub.user_get(user, "api/status", tokens[user]).status_code == 200
+    # once running, the server's token can report nothing more
+    assert report({"port": 1234}).status_code == 409
+    assert hub.user_get(user, "api/status", tokens[user]).status_code == 200
+    # queries and cancel still run Slurm's own commands: stop works, and no command of ours ran
+    hub.stop_server(user, tokens[user])
+    wait_for(lambda: slurm.job_state(job) != "RUNNING", 30, f"job {job} to end")
+    assert not marker.exists()
+    assert not os.path.exists(Path(unix_users[user].pw_dir) / "campushub-port-report-marker")
