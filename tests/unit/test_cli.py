@@ -1,0 +1,66 @@
+"""The `campushub` command, run as users run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).parents[2] / "hub_config" / "campushub.example.yaml"
+
+
+def campushub(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "campushub", *args], capture_output=True, text=True, **kw)
+
+
+@pytest.mark.parametrize("args", [[], ["up"], ["hub"], ["proxy"], ["config"], ["config", "check"], ["config", "schema"]])
+def test_every_command_has_help(args):
+    r = campushub(*args, "--help")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"usage: campushub {' '.join(args)}".rstrip())
+    assert len(r.stdout.splitlines()) > 3
+
+
+def test_config_check_ok():
+    r = campushub("config", "check", str(EXAMPLE))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("OK")
+
+
+def test_config_check_lists_every_error_and_exits_2(tmp_path):
+    f = tmp_path / "site.yaml"
+    f.write_text("spawner:\n  backend: slurm\n  slurm:\n    cpus: -1\nhub:\n  port: 80000\n")
+    r = campushub("config", "check", str(f))
+    assert r.returncode == 2
+    assert "spawner.slurm.partition: field required" in r.stderr
+    assert "spawner.slurm.cpus: input should be greater than or equal to 1" in r.stderr
+    assert "hub.port: input should be less than or equal to 65535" in r.stderr
+    assert "OK" not in r.stdout
+
+
+def test_a_bad_site_file_stops_the_hub_before_anything_starts(tmp_path):
+    f = tmp_path / "site.yaml"
+    f.write_text(f"hub:\n  state_dir: {tmp_path / 'state'}\nspawner:\n  backend: slurm\n")
+    for command in ("hub", "proxy", "up"):
+        r = campushub(command, "--config", str(f), timeout=30)
+        assert r.returncode == 2, (command, r.stderr)
+        assert "spawner: spawner.slurm is required when spawner.backend is slurm" in r.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_config_schema_is_json_schema():
+    r = campushub("config", "schema")
+    assert r.returncode == 0
+    schema = json.loads(r.stdout)
+    assert schema["title"] == "CampusHub site file"
+    assert set(schema["properties"]) == {"hub", "proxy", "auth", "spawner"}
+    assert schema["additionalProperties"] is False
+
+
+def test_unknown_command_is_refused():
+    r = campushub("launch")
+    assert r.returncode == 2
+    assert "invalid choice: 'launch'" in r.stderr

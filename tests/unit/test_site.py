@@ -1,0 +1,172 @@
+"""The site file: validation, defaults, errors that name their key, the schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from campushub.site import Site, SiteError, load_site, parse_site, site_schema
+
+EXAMPLE = Path(__file__).parents[2] / "hub_config" / "campushub.example.yaml"
+
+
+def problems(data) -> list[str]:
+    with pytest.raises(SiteError) as e:
+        parse_site(data)
+    return e.value.problems
+
+
+def test_defaults_are_the_demo(tmp_path):
+    site = parse_site({}, base=tmp_path)
+    assert site.hub.ip == "127.0.0.1" and site.hub.port == 8000
+    assert site.spawner.backend == "local"
+    assert site.auth.kind == "shared-password"
+    assert site.hub.state_dir == tmp_path / "campushub-state"
+
+
+def test_no_file_gives_defaults_in_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_site(None).hub.state_dir == tmp_path / "campushub-state"
+
+
+def test_relative_paths_resolve_against_the_site_file(tmp_path):
+    (tmp_path / "etc").mkdir()
+    f = tmp_path / "etc" / "campushub.yaml"
+    f.write_text("hub:\n  state_dir: state\nspawner:\n  backend: slurm\n  slurm:\n    partition: gpu\n    python_env: env\n")
+    site = load_site(f)
+    assert site.hub.state_dir == tmp_path / "etc" / "state"
+    assert site.spawner.slurm.python_env == tmp_path / "etc" / "env"
+    assert site.source == f
+
+
+def test_missing_partition_is_named():
+    assert problems({"spawner": {"backend": "slurm", "slurm": {}}}) == ["spawner.slurm.partition: field required"]
+
+
+def test_slurm_backend_needs_its_section():
+    assert problems({"spawner": {"backend": "slurm"}}) == [
+        "spawner: spawner.slurm is required when spawner.backend is slurm"
+    ]
+
+
+def test_every_error_is_reported_with_its_key():
+    found = problems(
+        {
+            "hub": {"port": 0, "colour": "blue"},
+            "spawner": {"backend": "kubernetes"},
+            "auth": {"kind": "oidc"},
+        }
+    )
+    keys = sorted(p.split(":")[0] for p in found)
+    assert keys == ["auth.kind", "hub.colour", "hub.port", "spawner.backend"]
+    assert any("extra inputs are not permitted" in p for p in found)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("partition", "gpu; rm -rf /"),
+        ("partition", "gpu\n#SBATCH --uid=0"),
+        ("account", "$(id)"),
+        ("memory", "4G --uid=0"),
+        ("walltime", "8h"),
+        ("cpus", 0),
+        ("submit_prefix", []),
+        ("submit_prefix", ["sudo", ""]),
+    ],
+)
+def test_slurm_values_that_could_break_a_job_are_refused(key, value):
+    slurm = {"partition": "gpu", key: value}
+    found = problems({"spawner": {"backend": "slurm", "slurm": slurm}})
+    assert found and all(p.startswith(f"spawner.slurm.{key}") for p in found), found
+
+
+def test_top_level_must_be_a_mapping():
+    assert problems(["hub"]) == ["(top level): expected a mapping of sections, got list"]
+
+
+def test_yaml_syntax_errors_name_the_line(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("hub:\n  port: 8000\n   ip: x\n")
+    with pytest.raises(SiteError) as e:
+        load_site(f)
+    assert f"{f}:3:" in e.value.problems[0] and "not valid YAML" in e.value.problems[0]
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(SiteError) as e:
+        load_site(tmp_path / "missing.yaml")
+    assert "cannot read the site file" in e.value.problems[0]
+
+
+def test_example_site_file_is_valid():
+    site = load_site(EXAMPLE)
+    assert site.spawner.backend == "slurm"
+
+
+def schema_keys(schema: dict, node: dict, prefix: str = "") -> set[str]:
+    if "$ref" in node:
+        node = schema["$defs"][node["$ref"].split("/")[-1]]
+    for option in node.get("anyOf", []):
+        if "$ref" in option:
+            return schema_keys(schema, option, prefix)
+    keys = set()
+    for name, sub in node.get("properties", {}).items():
+        path = f"{prefix}{name}"
+        keys.add(path)
+        keys |= schema_keys(schema, sub, path + ".")
+    return keys
+
+
+def data_keys(data: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for name, value in data.items():
+        keys.add(f"{prefix}{name}")
+        if isinstance(value, dict):
+            keys |= data_keys(value, f"{prefix}{name}.")
+    return keys
+
+
+def test_example_site_file_shows_every_key_with_a_comment():
+    schema = site_schema()
+    documented = schema_keys(schema, schema)
+    assert documented and "spawner.slurm.partition" in documented
+    assert data_keys(yaml.safe_load(EXAMPLE.read_text())) == documented
+
+
+def test_every_setting_in_the_example_has_a_comment_above_it():
+    """A setting line follows a comment, directly or within a run of sibling settings below one."""
+    lines = EXAMPLE.read_text().splitlines()
+
+    def setting(line):  # `key: value` (a section header `key:` has no value)
+        body = line.split("#")[0].strip()
+        return ":" in body and not body.endswith(":") and not body.endswith("|")
+
+    for i, line in enumerate(lines):
+        if not setting(line):
+            continue
+        j = i - 1
+        while j >= 0 and setting(lines[j]):
+            j -= 1
+        assert j >= 0 and lines[j].lstrip().startswith("#"), f"line {i + 1} has no comment: {line}"
+
+
+def test_every_key_has_a_description():
+    schema = site_schema()
+
+    def walk(node):
+        for name, sub in node.get("properties", {}).items():
+            assert sub.get("description"), name
+        for definition in schema["$defs"].values():
+            for name, sub in definition.get("properties", {}).items():
+                assert sub.get("description"), name
+
+    walk(schema)
+
+
+def test_site_is_immutable():
+    site = Site()
+    with pytest.raises(Exception):
+        site.hub.port = 1
