@@ -82,11 +82,41 @@ def apply_slurm(c: Config, site: Site, state: StateDir) -> None:
     c.SlurmSpawner.startup_poll_interval = slurm.poll_interval
 
 
+CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+
+
+def apply_culling(c: Config, site: Site, state: StateDir) -> None:
+    cull = site.culling
+    c.JupyterHub.last_activity_interval = cull.activity_interval
+    c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": str(cull.activity_interval)}
+    if not cull.enabled:
+        return
+    # A hub-managed service: the hub starts it, gives it its token, and restarts it with itself.
+    c.JupyterHub.services = [
+        {
+            "name": "idle-culler",
+            "command": [
+                sys.executable, "-m", "jupyterhub_idle_culler",
+                f"--timeout={cull.idle_timeout}",
+                f"--cull-every={cull.check_every}",
+            ],  # fmt: skip
+        }
+    ]
+    c.JupyterHub.load_roles = [
+        {
+            "name": "idle-culler",
+            "description": "Stop idle servers: read activity, stop servers, nothing else",
+            "scopes": CULLER_SCOPES,
+            "services": ["idle-culler"],
+        }
+    ]
+
+
 def hub_config(site: Site) -> Config:
     """The whole JupyterHub config for a site."""
     state = StateDir(site.hub.state_dir).ensure()
     c = Config()
-    for apply in (apply_hub, apply_proxy, apply_auth, apply_spawner):
+    for apply in (apply_hub, apply_proxy, apply_auth, apply_spawner, apply_culling):
         apply(c, site, state)
     return c
 

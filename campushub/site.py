@@ -153,6 +153,23 @@ class SpawnerSettings(Section):
         return self
 
 
+class CullingSettings(Section):
+    enabled: bool = Field(True, description="Stop servers that have been idle for idle_timeout seconds.")
+    idle_timeout: int = Field(
+        3600,
+        ge=10,
+        description="Seconds without activity (browser traffic, kernel output or a kernel busy running code) "
+        "after which a server is stopped.",
+    )
+    check_every: int = Field(60, ge=1, description="Seconds between the culler's checks.")
+    activity_interval: int = Field(
+        60,
+        ge=1,
+        description="Seconds between a server's activity reports to the hub, and between the hub's reads of "
+        "the proxy's activity: the precision of idle_timeout.",
+    )
+
+
 class Site(Section):
     """A CampusHub deployment."""
 
@@ -160,6 +177,7 @@ class Site(Section):
     proxy: ProxySettings = Field({}, description="The proxy in front of the hub.")
     auth: AuthSettings = Field({}, description="How users log in.")
     spawner: SpawnerSettings = Field({}, description="Where users' servers run.")
+    culling: CullingSettings = Field({}, description="Stopping idle servers (jupyterhub-idle-culler).")
     source: Path | None = Field(None, exclude=True, description="The file this site was read from.")
 
     @property

@@ -68,13 +68,17 @@ class SlurmCluster:
         wait_for(self.node_idle, 60, f"node {self.node} to be idle")
         return self
 
+    def cancel_all(self, timeout: float = 60) -> None:
+        """Cancel every job and wait until none is left."""
+        self.cmd("scancel", "--full", "--partition=gpu", check=False)
+        try:
+            wait_for(lambda: not self.jobs(), timeout, "all jobs to end")
+        except TimeoutError:
+            pass
+
     def stop(self) -> None:
         if self.daemons and self.daemons[0].poll() is None:
-            self.cmd("scancel", "--full", "--partition=gpu", check=False)
-            try:
-                wait_for(lambda: not self.jobs(), 60, "all jobs to end")
-            except TimeoutError:
-                pass
+            self.cancel_all()
         for proc in reversed(self.daemons):
             proc.terminate()
             try:

@@ -12,7 +12,7 @@ import pytest
 from tests.cluster.slurm import SlurmCluster
 from tests.cluster.users import create_users, remove_user
 
-USERS = ["chub-alice", "chub-bob", "chub-carol", "chub-dave"]
+USERS = ["chub-alice", "chub-bob", "chub-carol", "chub-dave", "chub-erin", "chub-frank"]
 
 
 def pytest_collection_modifyitems(items):

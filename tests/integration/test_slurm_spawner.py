@@ -48,6 +48,7 @@ def hub(slurm, unix_users, singleuser_env, tmp_path_factory):
     running = RunningHub(tmp_path_factory.mktemp("slurm-hub"), site).start()
     yield running
     running.close()
+    slurm.cancel_all()
 
 
 @pytest.fixture(scope="module")
