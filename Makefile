@@ -8,6 +8,9 @@ CHP_VERSION := 4.6.3
 # The single-user environment for the test cluster's jobs: outside the checkout, world-readable.
 SINGLEUSER_ENV ?= /opt/campushub/test-singleuser
 PYTEST_ARGS ?=
+# The CampusHub Lab extension: installed into the single-user environment and into .venv (the demo's servers).
+LAB_EXTENSION := extensions/campushub-lab
+LAB_EXTENSION_FILES := $(shell find $(LAB_EXTENSION) -type f -not -path '*/node_modules/*' -not -path '*/__pycache__/*')
 
 # Node.js for configurable-http-proxy: Debian's, unless a Node.js with npm is already installed.
 NODE_PACKAGES := $(if $(shell command -v npm),,nodejs npm)
@@ -35,21 +38,30 @@ test-system-packages:
 
 install: system-packages $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LAB_EXTENSION_FILES)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet ./$(LAB_EXTENSION)
 	npm install --silent --no-save --no-audit --no-fund --prefix $(VENV)/lib/node configurable-http-proxy@$(CHP_VERSION)
 	ln -sf ../lib/node/node_modules/.bin/configurable-http-proxy $(VENV)/bin/configurable-http-proxy
 	touch $@
 
 singleuser-env: $(SINGLEUSER_ENV)/.installed
 
-$(SINGLEUSER_ENV)/.installed: images/singleuser-requirements.txt
+$(SINGLEUSER_ENV)/.installed: images/singleuser-requirements.txt $(LAB_EXTENSION_FILES)
 	test -x $(SINGLEUSER_ENV)/bin/python || /usr/bin/python3 -m venv $(SINGLEUSER_ENV)
-	$(SINGLEUSER_ENV)/bin/python -m pip install --quiet -r images/singleuser-requirements.txt
+	$(SINGLEUSER_ENV)/bin/python -m pip install --quiet -r images/singleuser-requirements.txt ./$(LAB_EXTENSION)
 	chmod -R a+rX $(SINGLEUSER_ENV) $(dir $(SINGLEUSER_ENV))
 	touch $@
 
 clean:
 	rm -rf $(VENV) campushub-state
+
+# Spawn-to-ready benchmark (as root, about 10 minutes): CampusHub's Slurm spawner vs stock batchspawner
+# vs a bare jupyterhub-singleuser, on a throwaway Slurm cluster. BENCH_ARGS="--write docs/benchmarks.md"
+# refreshes the results page.
+BENCH_ARGS ?=
+.PHONY: bench
+bench: test-system-packages install singleuser-env
+	CAMPUSHUB_TEST_SINGLEUSER_ENV=$(SINGLEUSER_ENV) $(VENV)/bin/python benchmarks/spawn.py $(BENCH_ARGS)

@@ -149,6 +149,10 @@ def cmd_up(args) -> int:
             print(f"  log in with any user name and this password (shown once): {password}")
         else:
             print(f"  log in with any user name and the password in {state.path / 'demo_password'}")
+        if site.auth.admin_users:
+            state.demo_admin_password()
+            print(f"  admins ({', '.join(site.auth.admin_users)}) log in with the password in "
+                  f"{state.path / 'demo_admin_password'}")  # fmt: skip
     sys.stdout.flush()
 
     signal.signal(signal.SIGINT, _raise_stop)

@@ -36,10 +36,13 @@ def apply_proxy(c: Config, site: Site, state: StateDir) -> None:
 
 
 def apply_auth(c: Config, site: Site, state: StateDir) -> None:
+    c.Authenticator.admin_users = set(site.auth.admin_users)
     if site.auth.kind == "shared-password":
         c.JupyterHub.authenticator_class = "shared-password"
         c.SharedPasswordAuthenticator.user_password = state.demo_password()[0]
         c.SharedPasswordAuthenticator.allow_all = True
+        if site.auth.admin_users:
+            c.SharedPasswordAuthenticator.admin_password = state.demo_admin_password()[0]
 
 
 def apply_spawner(c: Config, site: Site, state: StateDir) -> None:
@@ -80,6 +83,7 @@ def apply_slurm(c: Config, site: Site, state: StateDir) -> None:
     c.SlurmSpawner.submit_prefix = list(slurm.submit_prefix)
     c.SlurmSpawner.min_uid = slurm.min_uid
     c.SlurmSpawner.startup_poll_interval = slurm.poll_interval
+    c.SlurmSpawner.profiles = list(site.profiles)
 
 
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]

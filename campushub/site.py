@@ -11,15 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from .profiles import Memory, Model, Profile, SlurmName, Walltime
 
 
 class SiteError(Exception):
@@ -30,13 +24,10 @@ class SiteError(Exception):
         super().__init__("\n".join(problems))
 
 
-# Names that end up in Slurm options: letters, digits and a few separators, nothing a shell reads.
-SlurmName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+class Section(Model):
 
     @field_validator("*", mode="after")
     @classmethod
@@ -85,6 +76,11 @@ class AuthSettings(Section):
         description="How users log in. 'shared-password': any user name with one shared password "
         "(demos and trials only; the password is generated into the state folder).",
     )
+    admin_users: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]] = Field(
+        [],
+        description="Hub admins. With shared-password they log in with the admin password generated "
+        "into <state_dir>/demo_admin_password.",
+    )
 
 
 class SlurmSettings(Section):
@@ -92,13 +88,9 @@ class SlurmSettings(Section):
     account: SlurmName | None = Field(None, description="Slurm account to charge (sbatch --account).")
     qos: SlurmName | None = Field(None, description="Slurm quality of service (sbatch --qos).")
     cpus: int = Field(1, ge=1, le=1024, description="CPUs per server (sbatch --cpus-per-task).")
-    memory: str = Field(
-        "4G", pattern=r"^[1-9][0-9]*[KMGT]?$", description="Memory per server (sbatch --mem), e.g. 4G."
-    )
-    walltime: str = Field(
-        "08:00:00",
-        pattern=r"^([0-9]+-)?[0-9]{1,2}:[0-9]{2}:[0-9]{2}$",
-        description="Longest run of one server (sbatch --time), as [days-]hours:minutes:seconds.",
+    memory: Memory = Field("4G", description="Memory per server (sbatch --mem), e.g. 4G.")
+    walltime: Walltime = Field(
+        "08:00:00", description="Longest run of one server (sbatch --time), as [days-]hours:minutes:seconds."
     )
     python_env: Path | None = Field(
         None,
@@ -169,6 +161,13 @@ class CullingSettings(Section):
         "the proxy's activity: the precision of idle_timeout.",
     )
 
+    @model_validator(mode="after")
+    def _precise_enough(self) -> CullingSettings:
+        # activity reaches the hub up to activity_interval late (+5 s for a busy kernel's check)
+        if self.idle_timeout < 2 * self.activity_interval + 5:
+            raise ValueError("idle_timeout must be at least 2 * activity_interval + 5 seconds")
+        return self
+
 
 class Site(Section):
     """A CampusHub deployment."""
@@ -178,17 +177,36 @@ class Site(Section):
     auth: AuthSettings = Field({}, description="How users log in.")
     spawner: SpawnerSettings = Field({}, description="Where users' servers run.")
     culling: CullingSettings = Field({}, description="Stopping idle servers (jupyterhub-idle-culler).")
+    profiles: list[Profile] = Field(
+        [],
+        description="Resource profiles users choose from on the spawn page (Slurm backend). Without any, "
+        "every user gets one profile made of spawner.slurm's partition, cpus, memory and walltime.",
+    )
     source: Path | None = Field(None, exclude=True, description="The file this site was read from.")
 
-    @property
-    def hub_api_url(self) -> str:
-        return f"http://{self.hub.hub_ip}:{self.hub.hub_port}"
+    @field_validator("profiles")
+    @classmethod
+    def _profiles_apart(cls, profiles: list[Profile]) -> list[Profile]:
+        slugs = [p.slug for p in profiles]
+        twice = sorted({s for s in slugs if slugs.count(s) > 1})
+        if twice:
+            raise ValueError(f"slug used more than once: {', '.join(twice)}")
+        if sum(p.default for p in profiles) > 1:
+            raise ValueError("at most one profile can be the default")
+        return profiles
+
+    @model_validator(mode="after")
+    def _profiles_need_slurm(self) -> Site:
+        if self.profiles and self.spawner.backend != "slurm":
+            raise ValueError("profiles: need spawner.backend: slurm")
+        return self
 
 
 def _problem(error: dict) -> str:
-    where = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in error["loc"]) or "(top level)"
+    where = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in error["loc"]).replace(".[", "[")
     message = error["msg"].removeprefix("Value error, ")
-    return f"{where}: {message[:1].lower()}{message[1:]}"
+    message = message[:1].lower() + message[1:]
+    return f"{where}: {message}" if where else message
 
 
 def parse_site(data: Any, base: Path | None = None) -> Site:

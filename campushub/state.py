@@ -43,3 +43,7 @@ class StateDir:
 
     def demo_password(self) -> tuple[str, bool]:
         return self.secret("demo_password", make=lambda: secrets.token_urlsafe(12))
+
+    def demo_admin_password(self) -> tuple[str, bool]:
+        # JupyterHub asks at least 32 characters of an admin password
+        return self.secret("demo_admin_password", make=lambda: secrets.token_urlsafe(32))

@@ -19,13 +19,25 @@ import json
 import os
 import pwd
 import shlex
+from datetime import datetime
 
 import batchspawner
 from batchspawner import JobStatus
 from jupyterhub import apihandlers
 from jupyterhub.apihandlers import APIHandler
 from tornado import web
-from traitlets import Float, Integer, List, Unicode
+from traitlets import Any, Dict, Float, Integer, List, Unicode, default
+
+from ..profiles import (
+    Profile,
+    ProfileError,
+    SlurmDefaults,
+    SpawnRequest,
+    granted_profiles,
+    options_form,
+    options_from_form,
+    resolve_request,
+)
 
 PORT_REPORT_PATH = r"/api/batchspawner"
 
@@ -46,6 +58,48 @@ class SpawnError(web.HTTPError):
 
     def __str__(self) -> str:
         return self.jupyterhub_message
+
+
+# Why a job ended, in words for the user (Slurm's job states).
+END_REASONS = {
+    "TIMEOUT": "time limit reached",
+    "CANCELLED": "cancelled",
+    "COMPLETED": "the server exited",
+    "FAILED": "the job failed",
+    "NODE_FAIL": "the node failed",
+    "OUT_OF_MEMORY": "out of memory",
+    "PREEMPTED": "preempted by a job of higher priority",
+    "BOOT_FAIL": "the node failed to boot",
+    "DEADLINE": "deadline reached",
+}
+
+
+def pending_message(reason: str, start: str, request: SpawnRequest | None) -> str:
+    """Slurm's pending reason (squeue %r) and expected start (%S), in plain words."""
+    gpus = request.gpus if request else 0
+    if reason == "Resources":
+        what = f"{gpus} GPU{'s' if gpus > 1 else ''}" if gpus else "the CPUs and memory you asked for"
+        text = f"Waiting for resources: {what} {'are' if gpus != 1 else 'is'} busy with other jobs"
+    elif reason == "Priority":
+        text = "Waiting in the queue behind jobs of higher priority"
+    elif "GRES" in reason and (reason.startswith("QOS") or reason.startswith("Assoc")):
+        text = f"Waiting: the GPU limit of your account or group is reached ({reason})"
+    elif reason.startswith("QOS") or reason.startswith("Assoc"):
+        text = f"Waiting: a limit of your account or group is reached ({reason})"
+    elif reason in ("ReqNodeNotAvail", "PartitionDown", "PartitionInactive", "NodeDown", "PartitionNodeLimit"):
+        text = f"Waiting: the partition's nodes are not available ({reason})"
+    elif reason == "BeginTime":
+        text = "Waiting for its start time"
+    elif reason in ("None", ""):
+        text = "Queued: Slurm is scheduling the job"
+    else:
+        text = f"Waiting in the queue (Slurm: {reason})"
+    try:
+        when = datetime.fromisoformat(start)
+    except ValueError:
+        return text
+    minutes = max(0, round((when - datetime.now()).total_seconds() / 60))
+    return f"{text}; estimated start {when:%H:%M} (in about {minutes} min)"
 
 
 class PortReportError(ValueError):
@@ -110,6 +164,72 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     min_uid = Integer(1000, help="Lowest uid that may get a server.").tag(config=True)
     command_timeout = Float(60, help="Seconds one Slurm command may take.").tag(config=True)
     log_tail_lines = Integer(20, help="How many lines of the job's log a failed spawn shows.").tag(config=True)
+    profiles = List(help="Resource profiles (campushub.profiles.Profile) from the site file.").tag(config=True)
+    progress_interval = Float(3.0, help="Seconds between queue checks shown on the spawn page.").tag(config=True)
+
+    request = Any(None, help="The validated SpawnRequest of the current spawn.")
+    last_stop = Dict(help="How the last job ended: job_id, state, reason. Kept in the hub database.")
+
+    # --- profiles and the spawn request -----------------------------------------------------
+
+    @property
+    def slurm_defaults(self) -> SlurmDefaults:
+        return SlurmDefaults(partition=self.partition, cpus=self.cpus, memory=self.memory, walltime=self.walltime)
+
+    def all_profiles(self) -> list[Profile]:
+        return list(self.profiles) or [
+            Profile(slug="default", display_name="Default", default=True, everyone=True)
+        ]
+
+    def granted_profiles(self) -> list[Profile]:
+        groups = {g.name: dict(g.properties or {}) for g in self.user.groups}
+        return granted_profiles(self.all_profiles(), admin=bool(self.user.admin), groups=groups)
+
+    def resolve(self, options) -> SpawnRequest:
+        """user_options -> SpawnRequest; a refusal is a 400 whose message names the field."""
+        try:
+            return resolve_request(
+                options, profiles=self.all_profiles(), granted=self.granted_profiles(), defaults=self.slurm_defaults
+            )
+        except ProfileError as e:
+            raise web.HTTPError(400, "%s", str(e)) from None
+
+    @default("apply_user_options")
+    def _apply_profile(self):
+        def apply(spawner, user_options):
+            spawner.request = spawner.resolve(user_options)
+
+        return apply
+
+    def last_stop_notice(self) -> str:
+        if not self.last_stop:
+            return ""
+        return f"Your last server (Slurm job {self.last_stop['job_id']}) stopped: {self.last_stop['reason']}."
+
+    async def get_options_form(self) -> str:
+        granted = self.granted_profiles()
+        notice = self.last_stop_notice()
+        only = granted[0] if len(granted) == 1 else None
+        if only and not (only.choices.gpus or only.choices.hours) and not notice:
+            return ""  # nothing to choose: start right away
+        return options_form(granted, self.slurm_defaults, notice)
+
+    def options_from_form(self, formdata):
+        options = options_from_form(formdata)
+        self.resolve(options)  # a bad form comes back with the message, before any spawn
+        return options
+
+    # --- state ------------------------------------------------------------------------------
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.last_stop = state.get("last_stop", {})
+
+    def get_state(self):
+        state = super().get_state()
+        if self.last_stop:
+            state["last_stop"] = self.last_stop
+        return state
 
     # --- the unix account ---------------------------------------------------------------
 
@@ -159,17 +279,20 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
 
     def sbatch_args(self) -> list[str]:
         account = self.unix_account()
+        request = self.request or self.resolve({})
         args = [
             "sbatch", "--parsable",
             f"--job-name=jupyter-{self.user.name}",
-            f"--partition={self.partition}",
-            f"--cpus-per-task={self.cpus}",
-            f"--mem={self.memory}",
-            f"--time={self.walltime}",
+            f"--partition={request.partition}",
+            f"--cpus-per-task={request.cpus}",
+            f"--mem={request.memory}",
+            f"--time={request.walltime}",
             f"--chdir={account.pw_dir}",
             f"--output={os.path.join(self.log_dir, 'jupyter-%j.log')}",
             "--export=ALL",
         ]  # fmt: skip
+        if request.gres:
+            args.append(f"--gres={request.gres}")
         if self.account:
             args.append(f"--account={self.account}")
         if self.qos:
@@ -177,7 +300,16 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         return args
 
     def render_batch_script(self) -> str:
-        lines = ["#!/bin/bash", "set -eu", f"echo \"CampusHub server job $SLURM_JOB_ID on $(hostname)\""]
+        request = self.request or self.resolve({})
+        lines = [
+            "#!/bin/bash",
+            "set -eu",
+            'echo "CampusHub server job $SLURM_JOB_ID on $(hostname), GPUs: ${CUDA_VISIBLE_DEVICES:-none}"',
+            f"export CAMPUSHUB_PROFILE={shlex.quote(request.profile)}",
+            # when the time limit ends the job, for the Lab's countdown
+            'export CAMPUSHUB_JOB_END="$(date -d "$(squeue -h -j "$SLURM_JOB_ID" -o %e)" --iso-8601=seconds'
+            ' 2>/dev/null || true)"',
+        ]
         if self.prologue:
             lines.append(self.prologue)
         if self.python_env:
@@ -217,6 +349,20 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         else:
             self.job_status = text
         return status
+
+    async def poll(self):
+        status = await self.query_job_status()
+        if status in (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.UNKNOWN):
+            return None
+        if self.job_status.startswith("COMPLETING"):
+            return None  # ending: its final state (TIMEOUT, CANCELLED ...) comes at the next poll
+        if self.job_id:
+            state = (self.job_status.split() or ["GONE"])[0]
+            reason = END_REASONS.get(state, "Slurm no longer knows the job")
+            self.last_stop = {"job_id": self.job_id, "state": state, "reason": reason}
+            self.log.info("Server job %s of %s ended: %s (%s)", self.job_id, self.user.name, reason, state)
+        self.clear_state()
+        return 1
 
     async def cancel_batch_job(self) -> None:
         if not self.job_id:
@@ -270,7 +416,36 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                 self.clear_state()
                 raise error
         self.log.info("Server job %s of %s runs at %s:%s", job_id, self.user.name, self.ip, self.port)
+        self.last_stop = {}
         return self.ip, self.port
+
+    async def progress(self):
+        """Where the job is, in words, refreshed every progress_interval seconds while it waits."""
+        last = None
+        while True:
+            if not self.job_id:
+                message = "Submitting your server's job to Slurm"
+            else:
+                try:
+                    rc, out, _ = await self.run_as_user(
+                        "squeue", "-h", "-j", self.job_id, "--states=all", "-o", "%T|%r|%S|%B"
+                    )
+                except (OSError, asyncio.TimeoutError):
+                    rc, out = -1, ""
+                fields = out.strip().split("|") if rc == 0 else []
+                if len(fields) != 4:
+                    message = f"Job {self.job_id} submitted; asking Slurm where it is"
+                elif fields[0] in PENDING_STATES:
+                    message = f"Job {self.job_id}: " + pending_message(fields[1], fields[2], self.request)
+                elif fields[0] in RUNNING_STATES:
+                    yield {"message": f"Job {self.job_id} is running on {fields[3]}: starting JupyterLab"}
+                    return
+                else:
+                    return  # ended: start() reports why
+            if message != last:
+                yield {"message": message}
+                last = message
+            await asyncio.sleep(self.progress_interval)
 
 
 class PortReportHandler(APIHandler):

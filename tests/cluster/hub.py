@@ -92,6 +92,10 @@ class RunningHub:
     def password(self) -> str:
         return (Path(self.site["hub"]["state_dir"]) / "demo_password").read_text().strip()
 
+    @property
+    def admin_password(self) -> str:
+        return (Path(self.site["hub"]["state_dir"]) / "demo_admin_password").read_text().strip()
+
     # --- users ---
 
     def login(self, user: str, password: str | None = None) -> requests.Session:
@@ -106,8 +110,8 @@ class RunningHub:
         assert r.status_code == 302, f"login of {user} failed: {r.status_code} {r.text[:300]}"
         return s
 
-    def token(self, user: str) -> str:
-        s = self.login(user)
+    def token(self, user: str, password: str | None = None) -> str:
+        s = self.login(user, password)
         r = s.post(
             f"{self.url}/hub/api/users/{user}/tokens",
             headers={"X-XSRFToken": s.cookies.get("_xsrf")},
@@ -130,23 +134,25 @@ class RunningHub:
     def spawn(self, user: str, token: str, **body) -> requests.Response:
         return self.api("POST", f"/users/{user}/server", token, json=body)
 
-    def progress(self, user: str, token: str, timeout: float = 120) -> list[dict]:
-        """The spawn's progress events, up to the last one (ready or failed)."""
+    def progress(self, user: str, token: str, timeout: float = 120, until=None) -> list[dict]:
+        """The spawn's progress events, up to the last one (ready or failed) or one that `until` accepts."""
         r = self.api("GET", f"/users/{user}/server/progress", token, stream=True)
         r.raise_for_status()
         events, deadline = [], time.monotonic() + timeout
-        for line in r.iter_lines(decode_unicode=True):
-            if line and line.startswith("data:"):
-                events.append(json.loads(line[5:]))
-                if events[-1].get("ready") or events[-1].get("failed"):
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no end of progress after {timeout} s: {events}")
-        r.close()
+        try:
+            for line in r.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+                    if events[-1].get("ready") or events[-1].get("failed") or (until and until(events[-1])):
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no end of progress after {timeout} s: {events}")
+        finally:
+            r.close()
         return events
 
-    def spawn_and_wait(self, user: str, token: str, timeout: float = 120) -> dict:
-        r = self.spawn(user, token)
+    def spawn_and_wait(self, user: str, token: str, timeout: float = 120, **options) -> dict:
+        r = self.spawn(user, token, **options)
         assert r.status_code in (201, 202), r.text
         events = self.progress(user, token, timeout)
         assert events[-1].get("ready"), f"spawn of {user} failed: {events}\n{self.log_tail()}"

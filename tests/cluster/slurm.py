@@ -1,7 +1,8 @@
 """A throwaway single-node Slurm cluster with 4 fake GPUs, in a folder of its own.
 
-munged, slurmctld and slurmd are the real daemons from Debian's packages; the cluster uses its own
-ports and config file (exported as SLURM_CONF), so it never touches a Slurm already on the machine.
+munged, slurmctld and slurmd are the real daemons from Debian's packages. The cluster has its own
+munged (own socket, the machine's key), ports and config file (exported as SLURM_CONF), so it never
+touches a Slurm or munged already on the machine, nor another test cluster.
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ def run(*argv: str, check=True, **kw) -> subprocess.CompletedProcess:
 
 
 class SlurmCluster:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, cpus: int = NODE_CPUS, memory_mb: int = NODE_MEMORY_MB):
         self.root = Path(root)
+        self.cpus = cpus
+        self.memory_mb = memory_mb
         self.node = socket.gethostname().split(".")[0]
         self.conf = self.root / "slurm.conf"
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
+        self.munge_socket = self.root / "munge" / "munge.socket"
         self.daemons: list[subprocess.Popen] = []
-        self.started_munge = False
 
     # --- life cycle ---
 
@@ -54,8 +57,8 @@ class SlurmCluster:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)
         self.write_config()
-        self.ensure_munge()
         log = self.root / "log"
+        self.start_munge()
         self.daemons.append(subprocess.Popen(
             ["slurmctld", "-D", "-i", "-f", str(self.conf)], env=self.env,
             stdout=open(log / "slurmctld.out", "w"), stderr=subprocess.STDOUT,
@@ -77,7 +80,7 @@ class SlurmCluster:
             pass
 
     def stop(self) -> None:
-        if self.daemons and self.daemons[0].poll() is None:
+        if len(self.daemons) > 1 and self.daemons[1].poll() is None:
             self.cancel_all()
         for proc in reversed(self.daemons):
             proc.terminate()
@@ -88,8 +91,7 @@ class SlurmCluster:
                 proc.wait()
         self.daemons.clear()
         run("pkill", "-f", f"slurmstepd.*{self.root}", check=False)
-        if self.started_munge:
-            run("pkill", "-x", "munged", check=False)
+        run("pkill", "-f", f"munged.*{self.munge_socket}", check=False)
 
     def write_config(self) -> None:
         r = self.root
@@ -100,6 +102,7 @@ SlurmctldPort={free_port()}
 SlurmdPort={free_port()}
 SlurmUser=root
 AuthType=auth/munge
+AuthInfo=socket={self.munge_socket}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -116,7 +119,8 @@ SlurmdPidFile={r}/slurmd.pid
 SlurmctldLogFile={r}/log/slurmctld.log
 SlurmdLogFile={r}/log/slurmd.log
 KillWait=5
-NodeName={self.node} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB} Gres=gpu:{FAKE_GPUS} State=UNKNOWN
+SchedulerParameters=bf_interval=2
+NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} Gres=gpu:{FAKE_GPUS} State=UNKNOWN
 PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """)
         (r / "gres.conf").write_text(f"NodeName={self.node} Name=gpu File=/dev/tty[0-{FAKE_GPUS - 1}]\n")
@@ -124,16 +128,20 @@ PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
             f.chmod(0o644)
 
     def munge_works(self) -> bool:
-        probe = subprocess.run("munge -n | unmunge", shell=True, capture_output=True)
+        sock = f"--socket={self.munge_socket}"
+        probe = subprocess.run(f"munge -n {sock} | unmunge {sock}", shell=True, capture_output=True)
         return probe.returncode == 0
 
-    def ensure_munge(self) -> None:
-        if self.munge_works():
-            return
-        Path("/run/munge").mkdir(parents=True, exist_ok=True)
-        shutil.chown("/run/munge", "munge", "munge")
-        run("runuser", "-u", "munge", "--", "/usr/sbin/munged")
-        self.started_munge = True
+    def start_munge(self) -> None:
+        folder = self.munge_socket.parent
+        folder.mkdir(mode=0o755, exist_ok=True)
+        shutil.chown(folder, "munge", "munge")
+        self.daemons.append(subprocess.Popen(
+            ["runuser", "-u", "munge", "--", "/usr/sbin/munged", "--foreground", f"--socket={self.munge_socket}",
+             f"--pid-file={folder / 'munged.pid'}", f"--log-file={folder / 'munged.log'}",
+             f"--seed-file={folder / 'munged.seed'}"],
+            stdout=open(self.root / "log" / "munged.out", "w"), stderr=subprocess.STDOUT,
+        ))  # fmt: skip
         wait_for(self.munge_works, 20, "munged")
 
     # --- commands ---

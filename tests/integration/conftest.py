@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -25,6 +26,10 @@ def pytest_collection_modifyitems(items):
 def root_required():
     if os.geteuid() != 0:
         pytest.fail("integration tests need root: they start Slurm daemons and create unix users (run `make test`)")
+    # The test users and the demo's ports are the machine's: one integration session at a time.
+    with open("/run/lock/campushub-integration-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="session")

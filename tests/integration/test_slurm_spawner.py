@@ -144,8 +144,8 @@ def test_a_failing_squeue_drops_no_server(hub, slurm, tokens):
     if not (hub.server(user, tokens[user]) or {}).get("ready"):
         hub.spawn_and_wait(user, tokens[user])
     job = job_of(hub, slurm, user)["id"]
-    socket = Path("/run/munge/munge.socket.2")
-    hidden = socket.with_name("munge.socket.2.hidden")
+    socket = slurm.munge_socket
+    hidden = socket.with_name("munge.socket.hidden")
     socket.rename(hidden)
     try:
         # each failing squeue takes about 4 s (munge retries): allow several hub polls

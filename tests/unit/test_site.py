@@ -87,6 +87,41 @@ def test_top_level_must_be_a_mapping():
     assert problems(["hub"]) == ["(top level): expected a mapping of sections, got list"]
 
 
+SLURM = {"backend": "slurm", "slurm": {"partition": "gpu"}}
+
+
+def test_profiles_need_the_slurm_backend():
+    assert problems({"profiles": [{"slug": "cpu", "display_name": "CPU"}]}) == [
+        "profiles: need spawner.backend: slurm"
+    ]
+
+
+def test_profile_errors_name_the_profile_and_key():
+    found = problems(
+        {
+            "spawner": SLURM,
+            "profiles": [
+                {"slug": "cpu", "display_name": "CPU", "default": True},
+                {"slug": "Bad Slug!", "display_name": "x", "resources": {"gpus": -1, "gpu_type": "a100;id"}},
+                {"slug": "gpu", "display_name": "GPU", "resources": {"gpus": 4}, "choices": {"gpus": {"min": 0, "max": 2}}},
+                {"slug": "long", "display_name": "Long", "choices": {"hours": {"min": 5, "max": 2}}},
+            ],
+        }
+    )
+    assert "profiles[1].slug: string should match pattern '^[a-z0-9][a-z0-9-]{0,29}$'" in found
+    assert "profiles[1].resources.gpus: input should be greater than or equal to 0" in found
+    assert any(p.startswith("profiles[1].resources.gpu_type:") for p in found)
+    assert "profiles[2]: resources.gpus must lie within choices.gpus" in found
+    assert "profiles[3].choices.hours: min must not be larger than max" in found
+
+
+def test_profile_slugs_are_unique_and_one_default_at_most():
+    same = {"slug": "cpu", "display_name": "CPU", "default": True}
+    assert problems({"spawner": SLURM, "profiles": [same, same]}) == [
+        "profiles: slug used more than once: cpu"
+    ]
+
+
 def test_yaml_syntax_errors_name_the_line(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("hub:\n  port: 8000\n   ip: x\n")
@@ -112,6 +147,8 @@ def schema_keys(schema: dict, node: dict, prefix: str = "") -> set[str]:
     for option in node.get("anyOf", []):
         if "$ref" in option:
             return schema_keys(schema, option, prefix)
+    if node.get("type") == "array" and "$ref" in node.get("items", {}):
+        return schema_keys(schema, node["items"], prefix.removesuffix(".") + "[].")
     keys = set()
     for name, sub in node.get("properties", {}).items():
         path = f"{prefix}{name}"
@@ -126,6 +163,9 @@ def data_keys(data: dict, prefix: str = "") -> set[str]:
         keys.add(f"{prefix}{name}")
         if isinstance(value, dict):
             keys |= data_keys(value, f"{prefix}{name}.")
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for item in value:
+                keys |= data_keys(item, f"{prefix}{name}[].")
     return keys
 
 
@@ -137,16 +177,19 @@ def test_example_site_file_shows_every_key_with_a_comment():
 
 
 def test_every_setting_in_the_example_has_a_comment_above_it():
-    """A setting line follows a comment, directly or within a run of sibling settings below one."""
+    """A setting's first appearance follows a comment, directly or within a run of settings below one."""
     lines = EXAMPLE.read_text().splitlines()
 
     def setting(line):  # `key: value` (a section header `key:` has no value)
         body = line.split("#")[0].strip()
         return ":" in body and not body.endswith(":") and not body.endswith("|")
 
+    seen = set()
     for i, line in enumerate(lines):
-        if not setting(line):
+        key = line.split("#")[0].strip().removeprefix("- ").split(":")[0]
+        if not setting(line) or key in seen:
             continue
+        seen.add(key)
         j = i - 1
         while j >= 0 and setting(lines[j]):
             j -= 1

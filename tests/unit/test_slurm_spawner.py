@@ -10,7 +10,16 @@ import pytest
 from batchspawner import JobStatus
 from traitlets.config import Config
 
-from campushub.spawners.slurm import PortReportError, SlurmSpawner, classify_squeue, parse_port_report
+from tornado import web
+
+from campushub.profiles import Profile, SpawnRequest
+from campushub.spawners.slurm import (
+    PortReportError,
+    SlurmSpawner,
+    classify_squeue,
+    parse_port_report,
+    pending_message,
+)
 
 
 def test_a_port_alone_is_accepted():
@@ -79,7 +88,8 @@ def spawner(**traits) -> SlurmSpawner:
     c.SlurmSpawner.min_uid = 0  # root is the one account sure to exist here
     for name, value in traits.items():
         setattr(c.SlurmSpawner, name, value)
-    return SlurmSpawner(config=c, user=SimpleNamespace(name="root", url="/user/root/", escaped_name="root"))
+    user = SimpleNamespace(name="root", url="/user/root/", escaped_name="root", admin=False, groups=[])
+    return SlurmSpawner(config=c, user=user)
 
 
 def test_sbatch_options_are_separate_arguments():
@@ -104,3 +114,36 @@ def test_system_accounts_get_no_server():
     s = spawner(min_uid=1000)
     with pytest.raises(Exception, match="system account"):
         s.unix_account()
+
+
+def test_a_gpu_profile_becomes_gres_and_time():
+    s = spawner(profiles=[Profile(slug="gpu", display_name="GPU", everyone=True,
+                                  resources={"gpus": 1, "gpu_type": "a100", "walltime": "04:00:00"},
+                                  choices={"gpus": {"min": 1, "max": 2}, "hours": {"min": 1, "max": 48}})])  # fmt: skip
+    s.request = s.resolve({"profile": "gpu", "gpus": 2, "hours": "30"})
+    args = s.sbatch_args()
+    assert "--gres=gpu:a100:2" in args and "--time=1-06:00:00" in args
+    assert "export CAMPUSHUB_PROFILE=gpu" in s.render_batch_script()
+
+
+def test_a_refused_request_is_a_400_naming_the_field():
+    s = spawner()
+    with pytest.raises(web.HTTPError) as e:
+        s.resolve({"gpus": 1})
+    assert e.value.status_code == 400
+    assert str(e.value.log_message % e.value.args).startswith("gpus:")
+
+
+@pytest.mark.parametrize(
+    "reason, start, words",
+    [
+        ("Resources", "N/A", "Waiting for resources: 2 GPUs are busy with other jobs"),
+        ("Priority", "N/A", "behind jobs of higher priority"),
+        ("QOSMaxGRESPerUser", "N/A", "GPU limit of your account or group"),
+        ("ReqNodeNotAvail", "Unknown", "nodes are not available"),
+        ("Resources", "2031-01-01T10:15:00", "estimated start 10:15"),
+    ],
+)
+def test_pending_reasons_in_plain_words(reason, start, words):
+    request = SpawnRequest(profile="g", partition="gpu", cpus=1, memory="1G", gpus=2, gpu_type=None, walltime="01:00:00")
+    assert words in pending_message(reason, start, request)

@@ -1,0 +1,271 @@
+"""Resource profiles: what a user may ask for, who grants it, and the one typed request a spawn uses.
+
+Profiles are shaped like KubeSpawner's profile_list: slug, display_name, description, the resources,
+and choices the user may adjust within bounds. A profile is granted to every user (`everyone`),
+to members of hub groups (`groups`), or by a hub group's property `campushub_profiles` (a list of
+slugs, changed through the REST API with no hub restart). Admins see every profile.
+
+Everything a user sends, from the spawn form or as REST `user_options`, goes through
+`resolve_request`: an unknown key, a value out of bounds or not a plain number, a profile not
+granted, is a `ProfileError` naming the field; only the typed `SpawnRequest` reaches a job.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GROUP_PROPERTY = "campushub_profiles"
+OPTION_KEYS = ("profile", "gpus", "hours")
+
+SlurmName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Walltime = Annotated[str, Field(pattern=r"^([0-9]+-)?[0-9]{1,2}:[0-9]{2}:[0-9]{2}$")]
+Memory = Annotated[str, Field(pattern=r"^[1-9][0-9]*[KMGT]?$")]
+
+
+class ProfileError(ValueError):
+    """A spawn request that is refused; the message names the field and is meant for the user."""
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class Range(Model):
+    min: int = Field(ge=0, description="Smallest value the user may pick.")
+    max: int = Field(ge=0, description="Largest value the user may pick.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.min > self.max:
+            raise ValueError("min must not be larger than max")
+        return self
+
+
+class Resources(Model):
+    partition: SlurmName | None = Field(None, description="Slurm partition [spawner.slurm.partition].")
+    cpus: int | None = Field(None, ge=1, le=1024, description="CPUs [spawner.slurm.cpus].")
+    memory: Memory | None = Field(None, description="Memory, e.g. 16G [spawner.slurm.memory].")
+    gpus: int = Field(0, ge=0, le=64, description="GPUs (the default when choices.gpus is set) [0].")
+    gpu_type: SlurmName | None = Field(None, description="GPU type in Slurm's gres, e.g. a100 [any].")
+    walltime: Walltime | None = Field(
+        None,
+        description="Time limit as [days-]hours:minutes:seconds (the default when choices.hours is set) "
+        "[spawner.slurm.walltime].",
+    )
+
+
+class Choices(Model):
+    gpus: Range | None = Field(None, description="The user picks the number of GPUs in this range.")
+    hours: Range | None = Field(None, description="The user picks the time limit, in hours, in this range.")
+
+    @model_validator(mode="after")
+    def _hours_positive(self) -> Choices:
+        if self.hours and self.hours.min < 1:
+            raise ValueError("hours.min must be at least 1")
+        return self
+
+
+class Profile(Model):
+    slug: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,29}$", description="Short name used in user_options.")
+    display_name: str = Field(min_length=1, max_length=80, description="Title on the spawn page.")
+    description: str = Field("", max_length=500, description="One or two sentences on the spawn page.")
+    default: bool = Field(False, description="Preselected, and used when user_options name no profile.")
+    everyone: bool = Field(False, description="Granted to every user.")
+    groups: list[str] = Field([], description="Hub groups whose members are granted this profile.")
+    resources: Resources = Field({}, description="What the job gets.")
+    choices: Choices = Field({}, description="What the user may adjust, within bounds.")
+
+    @model_validator(mode="after")
+    def _defaults_within_choices(self) -> Profile:
+        if self.choices.gpus and not self.choices.gpus.min <= self.resources.gpus <= self.choices.gpus.max:
+            raise ValueError("resources.gpus must lie within choices.gpus")
+        if self.choices.hours and self.resources.walltime:
+            hours = walltime_hours(self.resources.walltime)
+            if not self.choices.hours.min <= hours <= self.choices.hours.max:
+                raise ValueError("resources.walltime must lie within choices.hours")
+        return self
+
+
+@dataclass(frozen=True)
+class SlurmDefaults:
+    partition: str
+    cpus: int
+    memory: str
+    walltime: str
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    """What one spawn asks Slurm for: typed, validated, nothing else."""
+
+    profile: str
+    partition: str
+    cpus: int
+    memory: str
+    gpus: int
+    gpu_type: str | None
+    walltime: str
+
+    @property
+    def gres(self) -> str | None:
+        if not self.gpus:
+            return None
+        return f"gpu:{self.gpu_type}:{self.gpus}" if self.gpu_type else f"gpu:{self.gpus}"
+
+
+def walltime_hours(walltime: str) -> int:
+    """Whole hours of a [days-]hh:mm:ss walltime, rounded up."""
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d+):(\d+)", walltime)
+    days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    return -(-total // 3600)
+
+
+def hours_walltime(hours: int) -> str:
+    return f"{hours // 24}-{hours % 24:02d}:00:00" if hours >= 24 else f"{hours:02d}:00:00"
+
+
+def granted_profiles(
+    profiles: Iterable[Profile], *, admin: bool, groups: Mapping[str, Mapping[str, Any]]
+) -> list[Profile]:
+    """The profiles a user may use: `groups` maps each of the user's hub groups to its properties."""
+    by_property: set[str] = set()
+    for properties in groups.values():
+        slugs = (properties or {}).get(GROUP_PROPERTY) or []
+        if isinstance(slugs, list):
+            by_property |= {s for s in slugs if isinstance(s, str)}
+    return [
+        p for p in profiles if admin or p.everyone or set(p.groups) & set(groups) or p.slug in by_property
+    ]
+
+
+def default_profile(granted: list[Profile]) -> Profile:
+    return next((p for p in granted if p.default), granted[0])
+
+
+def _whole_number(field: str, value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,6}", value):
+        return int(value)
+    shown = repr(value)[:40]
+    raise ProfileError(f"{field}: must be a whole number, not {shown}")
+
+
+def resolve_request(
+    options: Any, *, profiles: list[Profile], granted: list[Profile], defaults: SlurmDefaults
+) -> SpawnRequest:
+    """Validate user_options into a SpawnRequest, or raise ProfileError naming the field."""
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise ProfileError("user_options must be an object like {\"profile\": \"cpu\"}")
+    unknown = [repr(k)[:40] for k in options if k not in OPTION_KEYS]
+    if unknown:
+        raise ProfileError(f"unknown option {', '.join(unknown)}: the options are {', '.join(OPTION_KEYS)}")
+    if not granted:
+        raise ProfileError("profile: no profile is granted to you; ask your administrators")
+    slug = options.get("profile", default_profile(granted).slug)
+    known = {p.slug: p for p in profiles}
+    if not isinstance(slug, str) or slug not in known:
+        raise ProfileError(f"profile: there is no profile {repr(slug)[:40]}")
+    if slug not in {p.slug for p in granted}:
+        raise ProfileError(f"profile: {slug!r} is not granted to you")
+    profile = known[slug]
+    r = profile.resources
+    gpus, walltime = r.gpus, r.walltime or defaults.walltime
+    for field in ("gpus", "hours"):
+        if field not in options:
+            continue
+        value = _whole_number(field, options[field])
+        bounds = getattr(profile.choices, field)
+        if bounds is None:
+            raise ProfileError(f"{field}: the profile {slug!r} does not let you choose {field}")
+        if not bounds.min <= value <= bounds.max:
+            raise ProfileError(f"{field}: must be from {bounds.min} to {bounds.max} in the profile {slug!r}")
+        if field == "gpus":
+            gpus = value
+        else:
+            walltime = hours_walltime(value)
+    return SpawnRequest(
+        profile=slug,
+        partition=r.partition or defaults.partition,
+        cpus=r.cpus or defaults.cpus,
+        memory=r.memory or defaults.memory,
+        gpus=gpus,
+        gpu_type=r.gpu_type,
+        walltime=walltime,
+    )
+
+
+def options_from_form(formdata: Mapping[str, list[str]]) -> dict[str, str]:
+    """The spawn form's fields -> user_options (still unvalidated: resolve_request checks them)."""
+    slug = (formdata.get("profile") or [""])[0]
+    options = {"profile": slug}
+    for field in ("gpus", "hours"):
+        value = formdata.get(f"{field}-{slug}")
+        if value:
+            options[field] = value[0]
+    return options
+
+
+def summary(profile: Profile, defaults: SlurmDefaults) -> str:
+    r = profile.resources
+    parts = [f"{r.cpus or defaults.cpus} CPU", f"{r.memory or defaults.memory} memory"]
+    if profile.choices.gpus:
+        parts.append(f"{profile.choices.gpus.min}-{profile.choices.gpus.max} GPUs")
+    elif r.gpus:
+        parts.append(f"{r.gpus} GPU{'s' if r.gpus > 1 else ''}" + (f" ({r.gpu_type})" if r.gpu_type else ""))
+    if profile.choices.hours:
+        parts.append(f"{profile.choices.hours.min}-{profile.choices.hours.max} h")
+    else:
+        parts.append(f"up to {r.walltime or defaults.walltime}")
+    return " · ".join(parts)
+
+
+FORM_STYLE = """<style>
+.campushub-profile{display:block;border:1px solid #ccc;border-radius:6px;padding:10px 14px;margin:8px 0;cursor:pointer}
+.campushub-profile:has(input[type=radio]:checked){border-color:#f37726;box-shadow:0 0 0 1px #f37726}
+.campushub-profile .summary{color:#555;font-size:90%}
+.campushub-profile .choices{margin-top:6px}
+.campushub-profile .choices input{width:5em;margin:0 12px 0 4px}
+.campushub-notice{padding:8px 12px;margin:8px 0;border-left:4px solid #f0ad4e;background:#fcf8e3}
+</style>"""
+
+
+def options_form(granted: list[Profile], defaults: SlurmDefaults, notice: str = "") -> str:
+    """The spawn page's form: one card per granted profile, with inputs for its choices."""
+    e = html.escape
+    chosen = default_profile(granted).slug if granted else ""
+    out = [FORM_STYLE]
+    if notice:
+        out.append(f'<div class="campushub-notice">{e(notice)}</div>')
+    if not granted:
+        out.append("<p>No profile is granted to you yet; ask your administrators.</p>")
+    for p in granted:
+        checked = " checked" if p.slug == chosen else ""
+        out.append(f'<label class="campushub-profile"><input type="radio" name="profile" value="{e(p.slug)}"{checked}>')
+        out.append(f" <strong>{e(p.display_name)}</strong>")
+        if p.description:
+            out.append(f"<div>{e(p.description)}</div>")
+        out.append(f'<div class="summary">{e(summary(p, defaults))}</div>')
+        inputs = []
+        if p.choices.gpus:
+            b = p.choices.gpus
+            inputs.append(
+                f'GPUs<input type="number" name="gpus-{e(p.slug)}" min="{b.min}" max="{b.max}" value="{p.resources.gpus}">'
+            )
+        if p.choices.hours:
+            b = p.choices.hours
+            start = walltime_hours(p.resources.walltime) if p.resources.walltime else b.min
+            inputs.append(f'Hours<input type="number" name="hours-{e(p.slug)}" min="{b.min}" max="{b.max}" value="{start}">')
+        if inputs:
+            out.append(f'<div class="choices">{"".join(inputs)}</div>')
+        out.append("</label>")
+    return "\n".join(out)

@@ -1,0 +1,99 @@
+"""The campushub_lab server extension: a busy kernel counts as activity."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+from jupyter_server._tz import utcnow
+
+import campushub_lab
+from campushub_lab.activity import SETTING, any_kernel_busy, record_busy_kernels, watch_busy_kernels
+
+EXTENSION = Path(__file__).resolve().parents[2] / "extensions" / "campushub-lab"
+
+
+class Kernels:
+    """The part of jupyter_server's MappingKernelManager the extension reads."""
+
+    def __init__(self, **states):
+        self.kernels = {kid: SimpleNamespace(execution_state=state) for kid, state in states.items()}
+        self.vanished: set[str] = set()  # listed, then shut down before get_kernel
+
+    def list_kernel_ids(self):
+        return list(self.kernels)
+
+    def get_kernel(self, kernel_id):
+        if kernel_id in self.vanished:
+            raise KeyError(kernel_id)
+        return self.kernels[kernel_id]
+
+
+def test_only_a_busy_kernel_counts():
+    assert not any_kernel_busy(Kernels())
+    assert not any_kernel_busy(Kernels(a="idle", b="starting", c="dead", d="restarting"))
+    assert any_kernel_busy(Kernels(a="idle", b="busy"))
+    gone = Kernels(a="busy", b="idle")
+    gone.vanished.add("a")
+    assert not any_kernel_busy(gone)
+
+
+def test_busy_kernels_set_the_activity_setting_to_now():
+    settings: dict = {}
+    assert not record_busy_kernels(settings, Kernels(a="idle"))
+    assert SETTING not in settings
+
+    before = utcnow()
+    assert record_busy_kernels(settings, Kernels(a="idle", b="busy"))
+    stamp = settings[SETTING]
+    assert stamp.tzinfo is not None and stamp.utcoffset() == timedelta(0)
+    assert before <= stamp <= utcnow()
+
+    # once idle again, the last busy time stays: it is the server's latest activity
+    assert not record_busy_kernels(settings, Kernels(a="idle"))
+    assert settings[SETTING] == stamp
+
+
+def test_the_setting_is_one_jupyter_server_counts():
+    # ServerApp.web_app.last_activity(): max() over `started`, kernel activity and every
+    # settings key ending in `_last_activity` (all timezone-aware)
+    assert SETTING.endswith("_last_activity")
+    started = utcnow() - timedelta(hours=1)
+    settings = {"started": started, "api_last_activity": started}
+    record_busy_kernels(settings, Kernels(a="busy"))
+    sources = [v for k, v in settings.items() if k == "started" or k.endswith("_last_activity")]
+    assert max(sources) == settings[SETTING]
+
+
+def test_the_watch_runs_on_the_servers_loop():
+    kernels = Kernels(a="idle")
+    quiet_log = SimpleNamespace(info=lambda *args: None)
+    app = SimpleNamespace(web_app=SimpleNamespace(settings={}), kernel_manager=kernels, log=quiet_log)
+
+    async def scenario():
+        callback = watch_busy_kernels(app, seconds=0.05)
+        try:
+            await asyncio.sleep(0.2)
+            assert SETTING not in app.web_app.settings
+            kernels.kernels["a"].execution_state = "busy"
+            await asyncio.sleep(0.2)
+            first = app.web_app.settings[SETTING]
+            await asyncio.sleep(0.2)
+            assert app.web_app.settings[SETTING] > first  # kept at now while busy
+        finally:
+            callback.stop()
+
+    asyncio.run(scenario())
+
+
+def test_enabled_on_install():
+    assert campushub_lab._jupyter_server_extension_points() == [{"module": "campushub_lab"}]
+    config = json.loads((EXTENSION / "jupyter-config" / "server-config" / "campushub_lab.json").read_text())
+    assert config == {"ServerApp": {"jpserver_extensions": {"campushub_lab": True}}}
+    # the wheel ships it as shared data: where jupyter_server reads it, in this environment
+    installed = Path(sys.prefix) / "etc" / "jupyter" / "jupyter_server_config.d" / "campushub_lab.json"
+    assert json.loads(installed.read_text()) == config
