@@ -84,6 +84,9 @@ def apply_slurm(c: Config, site: Site, state: StateDir) -> None:
     c.SlurmSpawner.min_uid = slurm.min_uid
     c.SlurmSpawner.startup_poll_interval = slurm.poll_interval
     c.SlurmSpawner.profiles = list(site.profiles)
+    c.SlurmSpawner.container_runtime = slurm.container.runtime
+    c.SlurmSpawner.container_image = slurm.container.image or ""
+    c.SlurmSpawner.container_options = list(slurm.container.options)
 
 
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]

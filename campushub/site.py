@@ -83,6 +83,29 @@ class AuthSettings(Section):
     )
 
 
+class ContainerSettings(Section):
+    runtime: Literal["none", "apptainer", "podman", "pyxis"] = Field(
+        "none",
+        description="How the server runs inside the job. none: directly on the node. apptainer: "
+        "`apptainer exec --nv` with the home bound. podman: `podman run` with host network, the home "
+        "mounted and JUPYTERHUB_* passed. pyxis: `srun --container-image` (Slurm's pyxis/enroot plugin).",
+    )
+    image: str | None = Field(
+        None,
+        pattern=r"^[^\s'\"]+$",
+        description="The image: a .sif path (apptainer), an image name (podman), or a pyxis image "
+        "(e.g. nvcr.io#nvidia/pytorch:24.05-py3 or a .sqsh path). It must have jupyterhub-singleuser and "
+        "batchspawner-singleuser on its PATH.",
+    )
+    options: list[str] = Field([], description="Extra arguments for the runtime, before the image.")
+
+    @model_validator(mode="after")
+    def _image_needed(self) -> ContainerSettings:
+        if self.runtime != "none" and not self.image:
+            raise ValueError(f"image is required with runtime {self.runtime}")
+        return self
+
+
 class SlurmSettings(Section):
     partition: SlurmName = Field(description="Slurm partition for users' servers.")
     account: SlurmName | None = Field(None, description="Slurm account to charge (sbatch --account).")
@@ -111,6 +134,7 @@ class SlurmSettings(Section):
     min_uid: int = Field(
         1000, ge=1, description="Lowest unix uid that may get a server: system accounts and root never do."
     )
+    container: ContainerSettings = Field({}, description="Run the server in a container inside the job.")
     poll_interval: float = Field(
         1.0, gt=0, le=60, description="Seconds between job-state checks while a server is starting."
     )

@@ -102,6 +102,29 @@ def pending_message(reason: str, start: str, request: SpawnRequest | None) -> st
     return f"{text}; estimated start {when:%H:%M} (in about {minutes} min)"
 
 
+def container_command(runtime: str, image: str, options: list[str], home: str, gpus: int) -> list[str]:
+    """The words that run the server's command in a container (none: no words)."""
+    if runtime == "none":
+        return []
+    if runtime == "apptainer":
+        # Apptainer passes the job's environment (JUPYTERHUB_*, CUDA_VISIBLE_DEVICES) by default.
+        return ["apptainer", "exec", *(["--nv"] if gpus else []), "--bind", home, "--pwd", home, *options, image]
+    if runtime == "podman":
+        gpu = ["--device", "nvidia.com/gpu=all", "--env", "CUDA_VISIBLE_DEVICES"] if gpus else []
+        return [
+            "podman", "run", "--rm", "--network=host", "--userns=keep-id",
+            "--volume", f"{home}:{home}", "--workdir", home,
+            "--env", "JUPYTERHUB_*", "--env", "CAMPUSHUB_*", "--env", "HOME", "--env", "USER", *gpu,
+            *options, image,
+        ]  # fmt: skip
+    if runtime == "pyxis":
+        return [
+            "srun", "--export=ALL", f"--container-image={image}", f"--container-mounts={home}:{home}",
+            f"--container-workdir={home}", *options,
+        ]  # fmt: skip
+    raise ValueError(f"unknown container runtime {runtime!r}")
+
+
 class PortReportError(ValueError):
     """A port report that is refused; the message says why."""
 
@@ -162,6 +185,11 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         help="Argument list that runs a command as the user; '{username}' is replaced.",
     ).tag(config=True)
     min_uid = Integer(1000, help="Lowest uid that may get a server.").tag(config=True)
+    container_runtime = Unicode("none", help="none, apptainer, podman or pyxis.").tag(config=True)
+    container_image = Unicode("", help="The container image (see the site file's spawner.slurm.container).").tag(
+        config=True
+    )
+    container_options = List(Unicode(), help="Extra arguments for the container runtime.").tag(config=True)
     command_timeout = Float(60, help="Seconds one Slurm command may take.").tag(config=True)
     log_tail_lines = Integer(20, help="How many lines of the job's log a failed spawn shows.").tag(config=True)
     profiles = List(help="Resource profiles (campushub.profiles.Profile) from the site file.").tag(config=True)
@@ -314,7 +342,11 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             lines.append(self.prologue)
         if self.python_env:
             lines.append(f"export PATH={shlex.quote(os.path.join(self.python_env, 'bin'))}:\"$PATH\"")
-        words = [self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
+        container = container_command(
+            self.container_runtime, self.container_image, list(self.container_options),
+            self.unix_account().pw_dir, request.gpus,
+        )  # fmt: skip
+        words = [*container, self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
         lines.append("exec " + shlex.join(words))
         return "\n".join(lines) + "\n"
 

@@ -213,3 +213,12 @@ def test_site_is_immutable():
     site = Site()
     with pytest.raises(Exception):
         site.hub.port = 1
+
+
+def test_a_container_runtime_needs_an_image():
+    slurm = {"partition": "gpu", "container": {"runtime": "apptainer"}}
+    assert problems({"spawner": {"backend": "slurm", "slurm": slurm}}) == [
+        "spawner.slurm.container: image is required with runtime apptainer"
+    ]
+    slurm["container"] = {"runtime": "docker", "image": "x"}
+    assert problems({"spawner": {"backend": "slurm", "slurm": slurm}})[0].startswith("spawner.slurm.container.runtime:")

@@ -147,3 +147,33 @@ def test_a_refused_request_is_a_400_naming_the_field():
 def test_pending_reasons_in_plain_words(reason, start, words):
     request = SpawnRequest(profile="g", partition="gpu", cpus=1, memory="1G", gpus=2, gpu_type=None, walltime="01:00:00")
     assert words in pending_message(reason, start, request)
+
+
+@pytest.mark.parametrize(
+    "runtime, gpus, expected",
+    [
+        ("none", 1, ["batchspawner-singleuser", "jupyterhub-singleuser"]),
+        ("apptainer", 2, ["apptainer", "exec", "--nv", "--bind", "/root", "--pwd", "/root", "/img/lab.sif",
+                          "batchspawner-singleuser", "jupyterhub-singleuser"]),
+        ("apptainer", 0, ["apptainer", "exec", "--bind", "/root", "--pwd", "/root", "/img/lab.sif",
+                          "batchspawner-singleuser", "jupyterhub-singleuser"]),
+        ("podman", 1, ["podman", "run", "--rm", "--network=host", "--userns=keep-id", "--volume", "/root:/root",
+                       "--workdir", "/root", "--env", "JUPYTERHUB_*", "--env", "CAMPUSHUB_*", "--env", "HOME",
+                       "--env", "USER", "--device", "nvidia.com/gpu=all", "--env", "CUDA_VISIBLE_DEVICES",
+                       "/img/lab.sif", "batchspawner-singleuser", "jupyterhub-singleuser"]),
+        ("pyxis", 1, ["srun", "--export=ALL", "--container-image=/img/lab.sif", "--container-mounts=/root:/root",
+                      "--container-workdir=/root", "batchspawner-singleuser", "jupyterhub-singleuser"]),
+    ],
+)  # fmt: skip
+def test_the_server_command_in_each_container_runtime(runtime, gpus, expected):
+    s = spawner(container_runtime=runtime, container_image="/img/lab.sif",
+                profiles=[Profile(slug="p", display_name="P", everyone=True, resources={"gpus": gpus})])  # fmt: skip
+    words = shlex.split(s.render_batch_script().splitlines()[-1])
+    assert words[0] == "exec" and words[1:] == expected
+
+
+def test_container_options_come_before_the_image():
+    s = spawner(container_runtime="podman", container_image="lab:1",
+                container_options=["--runtime", "runc", "--ulimit", "nofile=1024:1024"])  # fmt: skip
+    words = shlex.split(s.render_batch_script().splitlines()[-1])
+    assert words[words.index("lab:1") - 4 : words.index("lab:1")] == ["--runtime", "runc", "--ulimit", "nofile=1024:1024"]
