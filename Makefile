@@ -15,7 +15,8 @@ LAB_EXTENSION_FILES := $(shell find $(LAB_EXTENSION) -type f -not -path '*/node_
 # Node.js for configurable-http-proxy: Debian's, unless a Node.js with npm is already installed.
 NODE_PACKAGES := $(if $(shell command -v npm),,nodejs npm)
 DEMO_PACKAGES := python3-venv $(NODE_PACKAGES)
-TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo
+# chromium: the browser of the end-to-end tests (Playwright drives /usr/bin/chromium).
+TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo chromium
 
 .PHONY: help demo test install system-packages test-system-packages singleuser-env clean
 

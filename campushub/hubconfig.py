@@ -11,7 +11,7 @@ from pathlib import Path
 
 from traitlets.config import Config
 
-from .site import Site, load_site
+from .site import Site, SiteError, load_site
 from .state import StateDir
 
 
@@ -35,14 +35,71 @@ def apply_proxy(c: Config, site: Site, state: StateDir) -> None:
     c.ConfigurableHTTPProxy.auth_token = state.proxy_auth_token()
 
 
+def read_secret_file(path: Path, key: str) -> str:
+    """A secret from an admin's file; it must exist and not be readable by others."""
+    try:
+        mode = path.stat().st_mode
+        value = path.read_text().strip()
+    except OSError as e:
+        raise SiteError([f"{key}: cannot read {path}: {e.strerror}"]) from None
+    if mode & 0o004:
+        raise SiteError([f"{key}: {path} is readable by every user: chmod 600 it"])
+    if not value:
+        raise SiteError([f"{key}: {path} is empty"])
+    return value
+
+
+def public_url(site: Site) -> str:
+    return site.hub.public_url or f"http://{site.hub.ip}:{site.hub.port}{site.hub.base_url}"
+
+
 def apply_auth(c: Config, site: Site, state: StateDir) -> None:
-    c.Authenticator.admin_users = set(site.auth.admin_users)
-    if site.auth.kind == "shared-password":
+    auth = site.auth
+    c.Authenticator.admin_users = set(auth.admin_users)
+    callback = public_url(site).rstrip("/") + "/hub/oauth_callback"
+    if auth.kind == "shared-password":
         c.JupyterHub.authenticator_class = "shared-password"
         c.SharedPasswordAuthenticator.user_password = state.demo_password()[0]
         c.SharedPasswordAuthenticator.allow_all = True
-        if site.auth.admin_users:
+        if auth.admin_users:
             c.SharedPasswordAuthenticator.admin_password = state.demo_admin_password()[0]
+    elif auth.kind == "oidc":
+        from .auth import CampusOIDCAuthenticator
+
+        oidc = auth.oidc
+        c.JupyterHub.authenticator_class = CampusOIDCAuthenticator
+        a = c.CampusOIDCAuthenticator
+        a.issuer = oidc.issuer
+        a.client_id = oidc.client_id
+        a.client_secret = read_secret_file(oidc.client_secret_file, "auth.oidc.client_secret_file")
+        a.oauth_callback_url = callback
+        a.username_claim = oidc.username_claim
+        a.scope = list(oidc.scopes)
+        a.manage_groups = True
+        a.auth_state_groups_key = f"oauth_user.{oidc.groups_claim}"
+        a.allowed_groups = set(oidc.allowed_groups)
+        a.admin_groups = set(oidc.admin_groups)
+        a.allow_all = oidc.allow_all_users
+        a.enable_pkce = True
+        a.identities_db = str(state.path / "identities.sqlite")
+    else:
+        github = auth.github
+        c.JupyterHub.authenticator_class = "github"
+        c.GitHubOAuthenticator.client_id = github.client_id
+        c.GitHubOAuthenticator.client_secret = read_secret_file(
+            github.client_secret_file, "auth.github.client_secret_file"
+        )
+        c.GitHubOAuthenticator.oauth_callback_url = callback
+        c.GitHubOAuthenticator.allowed_organizations = set(github.allowed_organizations)
+        c.GitHubOAuthenticator.allowed_users = set(github.allowed_users)
+    if auth.encrypt_auth_state:
+        c.Authenticator.enable_auth_state = True
+        if not os.environ.get("JUPYTERHUB_CRYPT_KEY"):
+            c.CryptKeeper.keys = [state.secret("crypt_key")[0]]
+    if site.spawner.backend == "slurm":
+        from .auth import account_hook
+
+        c.Authenticator.post_auth_hook = account_hook(site.users.accounts, site.spawner.slurm.min_uid)
 
 
 def apply_spawner(c: Config, site: Site, state: StateDir) -> None:

@@ -7,6 +7,7 @@ Relative paths in a site file are relative to the folder holding that file.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -54,6 +55,11 @@ class HubSettings(Section):
         "on a cluster use an address of the hub host that the nodes can reach.",
     )
     hub_port: Port = Field(8081, description="Port of the hub's own API.")
+    public_url: Url | None = Field(
+        None,
+        description="The address users open, when a reverse proxy serves CampusHub (e.g. https://hub.campus.edu/). "
+        "The login's callback is <public_url>hub/oauth_callback. Default: http://ip:port/base_url.",
+    )
     hub_connect_url: str | None = Field(
         None,
         pattern=r"^https?://[^\s/]+(/.*)?$",
@@ -70,16 +76,83 @@ class ProxySettings(Section):
     api_port: Port = Field(8001, description="Port of the proxy's REST API on 127.0.0.1 (the hub talks to it).")
 
 
+GroupName = Annotated[str, Field(min_length=1, max_length=255)]
+Url = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+
+
+class OIDCSettings(Section):
+    issuer: Url = Field(description="The provider's issuer URL (e.g. https://sso.campus.edu/realms/campus).")
+    client_id: str = Field(min_length=1, description="The client id registered at the provider.")
+    client_secret_file: Path = Field(
+        description="File holding the client secret (not readable by others: mode 0600 or 0640)."
+    )
+    username_claim: str = Field(
+        "preferred_username",
+        description="Claim that names the user. It becomes the hub and unix name: an email keeps its part "
+        "before '@', lowercased; other characters than a-z 0-9 . _ - become '-'; it must start with a letter "
+        "and have at most 32 characters. Two identities that map to one name are refused.",
+    )
+    groups_claim: str = Field("groups", description="Claim listing the user's groups; they become hub groups.")
+    scopes: list[str] = Field(["openid", "profile", "email"], description="Scopes asked of the provider.")
+    allowed_groups: list[GroupName] = Field([], description="Groups whose members may log in.")
+    admin_groups: list[GroupName] = Field([], description="Groups whose members are hub admins.")
+    allow_all_users: bool = Field(
+        False, description="Let every user of the provider log in (otherwise: allowed_groups and admins)."
+    )
+
+    @model_validator(mode="after")
+    def _someone_allowed(self) -> OIDCSettings:
+        if not (self.allowed_groups or self.allow_all_users):
+            raise ValueError("set allowed_groups, or allow_all_users: true")
+        return self
+
+
+class GitHubSettings(Section):
+    client_id: str = Field(min_length=1, description="The OAuth app's client id.")
+    client_secret_file: Path = Field(description="File holding the OAuth app's client secret (mode 0600).")
+    allowed_organizations: list[str] = Field([], description="GitHub organizations (or org:team) allowed in.")
+    allowed_users: list[str] = Field([], description="GitHub users allowed in.")
+
+    @model_validator(mode="after")
+    def _someone_allowed(self) -> GitHubSettings:
+        if not (self.allowed_organizations or self.allowed_users):
+            raise ValueError("set allowed_organizations or allowed_users")
+        return self
+
+
 class AuthSettings(Section):
-    kind: Literal["shared-password"] = Field(
+    kind: Literal["shared-password", "oidc", "github"] = Field(
         "shared-password",
-        description="How users log in. 'shared-password': any user name with one shared password "
-        "(demos and trials only; the password is generated into the state folder).",
+        description="How users log in. 'oidc': the campus OpenID Connect provider (auth.oidc). 'github': "
+        "GitHub accounts, for a small lab (auth.github). 'shared-password': any user name with one shared "
+        "password, generated into the state folder: demos and trials on 127.0.0.1 only.",
+    )
+    oidc: OIDCSettings | None = Field(None, description="Settings of the OpenID Connect login.")
+    github: GitHubSettings | None = Field(None, description="Settings of the GitHub login.")
+    encrypt_auth_state: bool = Field(
+        False,
+        description="Keep the provider's tokens (auth state) in the hub database, encrypted with "
+        "JUPYTERHUB_CRYPT_KEY from the environment, or with a key generated into the state folder.",
     )
     admin_users: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]] = Field(
         [],
         description="Hub admins. With shared-password they log in with the admin password generated "
         "into <state_dir>/demo_admin_password.",
+    )
+
+    @model_validator(mode="after")
+    def _kind_settings(self) -> AuthSettings:
+        if self.kind in ("oidc", "github") and getattr(self, self.kind) is None:
+            raise ValueError(f"auth.{self.kind} is required when auth.kind is {self.kind}")
+        return self
+
+
+class UsersSettings(Section):
+    accounts: Literal["directory", "create"] = Field(
+        "directory",
+        description="Unix accounts of users, with the Slurm backend. 'directory': they exist already "
+        "(LDAP/SSSD); a login without one gets a clear page. 'create': the first login creates the "
+        "account with a 0700 home (the hub runs as root; for single-server sites).",
     )
 
 
@@ -200,6 +273,7 @@ class Site(Section):
     proxy: ProxySettings = Field({}, description="The proxy in front of the hub.")
     auth: AuthSettings = Field({}, description="How users log in.")
     spawner: SpawnerSettings = Field({}, description="Where users' servers run.")
+    users: UsersSettings = Field({}, description="Users' unix accounts.")
     culling: CullingSettings = Field({}, description="Stopping idle servers (jupyterhub-idle-culler).")
     profiles: list[Profile] = Field(
         [],
@@ -220,10 +294,28 @@ class Site(Section):
         return profiles
 
     @model_validator(mode="after")
+    def _demo_login_on_loopback(self) -> Site:
+        if self.auth.kind == "shared-password" and not is_loopback(self.hub.ip):
+            raise ValueError(
+                f"auth.kind: shared-password is for demos on 127.0.0.1 only, but hub.ip is {self.hub.ip}: "
+                "use oidc or github"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _profiles_need_slurm(self) -> Site:
         if self.profiles and self.spawner.backend != "slurm":
             raise ValueError("profiles: need spawner.backend: slurm")
         return self
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _problem(error: dict) -> str:

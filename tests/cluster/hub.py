@@ -110,6 +110,13 @@ class RunningHub:
         assert r.status_code == 302, f"login of {user} failed: {r.status_code} {r.text[:300]}"
         return s
 
+    def oidc_login(self, sub: str, next_url: str = "") -> tuple[requests.Session, requests.Response]:
+        """Log in through the identity provider's own form, as `sub`: (session, the page it ends on)."""
+        s = requests.Session()
+        form = s.get(f"{self.url}/hub/oauth_login", params={"next": next_url} if next_url else None, timeout=30)
+        assert form.status_code == 200 and 'name="sub"' in form.text, form.text[:500]
+        return s, s.post(form.url, data={"sub": sub}, timeout=60)
+
     def token(self, user: str, password: str | None = None) -> str:
         s = self.login(user, password)
         r = s.post(

@@ -56,7 +56,7 @@ def test_config_schema_is_json_schema():
     assert r.returncode == 0
     schema = json.loads(r.stdout)
     assert schema["title"] == "CampusHub site file"
-    assert set(schema["properties"]) == {"hub", "proxy", "auth", "spawner", "culling", "profiles"}
+    assert set(schema["properties"]) == {"hub", "proxy", "auth", "users", "spawner", "culling", "profiles"}
     assert schema["additionalProperties"] is False
 
 

@@ -56,7 +56,7 @@ def test_every_error_is_reported_with_its_key():
         {
             "hub": {"port": 0, "colour": "blue"},
             "spawner": {"backend": "kubernetes"},
-            "auth": {"kind": "oidc"},
+            "auth": {"kind": "ldap"},
         }
     )
     keys = sorted(p.split(":")[0] for p in found)
