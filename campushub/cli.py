@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from . import __version__
+from .hubconfig import hub_config
 from .site import Site, SiteError, load_site, site_schema
 from .state import StateDir
 
@@ -86,6 +87,7 @@ def cmd_proxy(args) -> int:
 
 def cmd_hub(args) -> int:
     site = site_from(args)  # a bad site file stops here, with every problem listed
+    hub_config(site)  # and so does what only a start can check (secret files)
     if site.source:
         os.environ["CAMPUSHUB_CONFIG"] = str(site.source)
     else:

@@ -64,3 +64,27 @@ def test_unknown_command_is_refused():
     r = campushub("launch")
     assert r.returncode == 2
     assert "invalid choice: 'launch'" in r.stderr
+
+
+def test_the_demo_login_is_refused_off_loopback_by_check_and_at_start(tmp_path):
+    f = tmp_path / "site.yaml"
+    f.write_text(f"hub:\n  ip: 0.0.0.0\n  state_dir: {tmp_path / 'state'}\n")
+    for args in (["config", "check", str(f)], ["hub", "--config", str(f)], ["up", "--config", str(f)]):
+        r = campushub(*args, timeout=30)
+        assert r.returncode == 2, args
+        assert "auth.kind: shared-password is for demos on 127.0.0.1 only, but hub.ip is 0.0.0.0" in r.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_an_unreadable_or_open_client_secret_stops_the_hub(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    f = tmp_path / "site.yaml"
+    f.write_text(
+        "auth:\n  kind: oidc\n  oidc:\n    issuer: http://127.0.0.1:1/realms/x\n    client_id: hub\n"
+        f"    client_secret_file: {secret}\n    allow_all_users: true\nhub:\n  state_dir: {tmp_path / 'state'}\n"
+    )
+    r = campushub("hub", "--config", str(f), timeout=60)
+    assert r.returncode == 2
+    assert f"auth.oidc.client_secret_file: {secret} is readable by every user: chmod 600 it" in r.stderr
