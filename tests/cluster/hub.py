@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -21,6 +22,24 @@ def deep_merge(base: dict, extra: dict) -> dict:
     for key, value in extra.items():
         out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def slurm_site(singleuser_env, **extra) -> dict:
+    """A site on the test cluster: the Slurm backend with small jobs, `extra` merged over it."""
+    base = {
+        "spawner": {
+            "backend": "slurm",
+            "start_timeout": 600,  # far beyond what any test waits: a slow failure shows as one
+            "slurm": {
+                "partition": "gpu",
+                "memory": "1G",
+                "walltime": "01:00:00",
+                "python_env": str(singleuser_env),
+                "poll_interval": 0.5,
+            },
+        }
+    }
+    return deep_merge(base, extra)
 
 
 class RunningHub:
@@ -175,6 +194,17 @@ class RunningHub:
         return requests.get(
             f"{self.url}/user/{user}/{path}", headers={"Authorization": f"token {token}"}, timeout=30, **kw
         )
+
+
+@contextmanager
+def running_hub(slurm, workdir: Path, site: dict):
+    """A RunningHub on the test cluster; at the end the hub and proxy stop and every job is cancelled."""
+    hub = RunningHub(workdir, site).start()
+    try:
+        yield hub
+    finally:
+        hub.close()
+        slurm.cancel_all()
 
 
 def environ_of(pid: int) -> dict:

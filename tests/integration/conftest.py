@@ -7,7 +7,7 @@ import pytest
 
 from tests.cluster.users import create_users, remove_user
 
-USERS = ["chub-alice", "chub-bob", "chub-carol", "chub-dave", "chub-erin", "chub-frank"]
+USERS = ["chub-alice", "chub-bob", "chub-carol", "chub-dave", "chub-erin", "chub-frank", "chub-ops"]
 
 
 def pytest_collection_modifyitems(items):

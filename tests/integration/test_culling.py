@@ -21,7 +21,7 @@ from jupyterhub.scopes import expand_scopes
 
 from campushub.hubconfig import CULLER_SCOPES
 from campushub_lab.activity import CHECK_SECONDS as EXTENSION_CHECK  # the single-user environment's, same source
-from tests.cluster.hub import RunningHub, environ_of
+from tests.cluster.hub import running_hub, slurm_site, environ_of
 from tests.cluster.slurm import wait_for
 
 IDLE, BUSY = "chub-erin", "chub-frank"
@@ -41,25 +41,13 @@ ENDED = ("GONE", "COMPLETED", "CANCELLED")
 
 @pytest.fixture(scope="module")
 def hub(slurm, unix_users, singleuser_env, tmp_path_factory):
-    site = {
-        "spawner": {
-            "backend": "slurm",
-            "start_timeout": 120,
-            "poll_interval": 5,
-            "slurm": {
-                "partition": "gpu",
-                "memory": "1G",
-                "walltime": "01:00:00",
-                "python_env": str(singleuser_env),
-                "poll_interval": 0.5,
-            },
-        },
-        "culling": {"idle_timeout": IDLE_TIMEOUT, "check_every": CHECK_EVERY, "activity_interval": ACTIVITY_INTERVAL},
-    }
-    running = RunningHub(tmp_path_factory.mktemp("culling-hub"), site).start()
-    yield running
-    running.close()
-    slurm.cancel_all()
+    site = slurm_site(
+        singleuser_env,
+        spawner={"start_timeout": 120, "poll_interval": 5},
+        culling={"idle_timeout": IDLE_TIMEOUT, "check_every": CHECK_EVERY, "activity_interval": ACTIVITY_INTERVAL},
+    )
+    with running_hub(slurm, tmp_path_factory.mktemp("culling-hub"), site) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

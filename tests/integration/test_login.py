@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.cluster.hub import RunningHub
+from tests.cluster.hub import running_hub, slurm_site
 from tests.cluster.idp import IdentityProvider
 from tests.cluster.users import remove_user
 
@@ -30,7 +30,7 @@ def idp():
 
 
 def site_for(idp, secret: Path, singleuser_env, accounts: str) -> dict:
-    return {
+    return slurm_site(singleuser_env, **{
         "auth": {
             "kind": "oidc",
             "encrypt_auth_state": True,
@@ -43,9 +43,8 @@ def site_for(idp, secret: Path, singleuser_env, accounts: str) -> dict:
             },
         },
         "users": {"accounts": accounts},
-        "spawner": {"backend": "slurm", "slurm": {"partition": "gpu", "memory": "1G", "python_env": str(singleuser_env)}},
         "profiles": PROFILES,
-    }
+    })
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +59,8 @@ def secret(tmp_path_factory):
 def hub(idp, secret, slurm, singleuser_env, root_required, tmp_path_factory):
     for name in CREATED:
         remove_user(name)
-    running = RunningHub(tmp_path_factory.mktemp("login-hub"), site_for(idp, secret, singleuser_env, "create")).start()
-    yield running
-    running.close()
-    slurm.cancel_all()
+    with running_hub(slurm, tmp_path_factory.mktemp("login-hub"), site_for(idp, secret, singleuser_env, "create")) as hub:
+        yield hub
     for name in CREATED:
         remove_user(name)
 
@@ -153,8 +150,7 @@ def test_secrets_are_private_and_auth_state_encrypted(hub):
 
 def test_directory_accounts_refuse_a_login_without_one(idp, secret, singleuser_env, slurm, unix_users, tmp_path):
     site = site_for(idp, secret, singleuser_env, "directory")
-    running = RunningHub(tmp_path / "directory-hub", site).start()
-    try:
+    with running_hub(slurm, tmp_path / "directory-hub", site) as running:
         idp.set_user("sub-nobody", preferred_username="chub-noaccount", groups=["researchers"])
         _, page = running.oidc_login("sub-nobody")
         assert page.status_code == 403
@@ -165,5 +161,3 @@ def test_directory_accounts_refuse_a_login_without_one(idp, secret, singleuser_e
         idp.set_user("sub-alice", preferred_username="chub-alice", groups=["researchers"])
         _, page = running.oidc_login("sub-alice")
         assert page.status_code == 200 and "/hub/spawn" in page.url
-    finally:
-        running.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.hub import RunningHub, environ_of
+from tests.cluster.hub import running_hub, environ_of, slurm_site
 from tests.cluster.slurm import wait_for
 
 ALICE, BOB, CAROL, DAVE, ADMIN = "chub-alice", "chub-bob", "chub-carol", "chub-dave", "chub-ops"
@@ -36,21 +36,11 @@ PROFILES = [
 
 @pytest.fixture(scope="module")
 def hub(slurm, unix_users, singleuser_env, tmp_path_factory):
-    site = {
-        "auth": {"admin_users": [ADMIN]},
-        "spawner": {
-            "backend": "slurm",
-            "start_timeout": 600,
-            "poll_interval": POLL_INTERVAL,
-            "slurm": {"partition": "gpu", "memory": "1G", "walltime": "01:00:00",
-                      "python_env": str(singleuser_env), "poll_interval": 0.5},
-        },
-        "profiles": PROFILES,
-    }  # fmt: skip
-    running = RunningHub(tmp_path_factory.mktemp("profiles-hub"), site).start()
-    yield running
-    running.close()
-    slurm.cancel_all()
+    site = slurm_site(
+        singleuser_env, auth={"admin_users": [ADMIN]}, spawner={"poll_interval": POLL_INTERVAL}, profiles=PROFILES
+    )
+    with running_hub(slurm, tmp_path_factory.mktemp("profiles-hub"), site) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,130 @@
+"""A researcher's first day, in a real browser: campus login, a GPU server as a Slurm job, code run in
+JupyterLab.
+
+Chromium opens the hub, signs in through the campus OpenID Connect provider's own form (the first
+login creates the unix account), picks a GPU profile on the spawn page, waits for JupyterLab (a
+Slurm job of that account), runs `1+1` in a new notebook and sees `2`. The screenshot of that is
+test-artifacts/jupyterlab.png.
+"""
+
+from __future__ import annotations
+
+import pwd
+import re
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.cluster.hub import running_hub, slurm_site, uid_of
+from tests.cluster.idp import IdentityProvider
+from tests.cluster.slurm import wait_for
+from tests.cluster.users import remove_user
+
+SUB = "grace-e2e-7f3a"
+USER = "chub-grace"
+PROFILES = [
+    {"slug": "cpu", "display_name": "CPU only", "everyone": True, "default": True},
+    {"slug": "gpu-1", "display_name": "One GPU", "groups": ["researchers"], "resources": {"gpus": 1}},
+    {"slug": "gpu-4", "display_name": "Four GPUs", "groups": ["deep-learning"], "resources": {"gpus": 4}},
+]
+SPAWN_TIMEOUT_MS = 150_000
+
+
+@pytest.fixture(scope="module")
+def idp():
+    provider = IdentityProvider()
+    provider.set_user(SUB, preferred_username=USER, email=f"{USER}@campus.example", groups=["researchers"])
+    try:
+        yield provider
+    finally:
+        provider.close()
+
+
+@pytest.fixture(scope="module")
+def hub(slurm, singleuser_env, idp, tmp_path_factory):
+    remove_user(USER)  # a leftover of an interrupted run: the first login must create the account
+    workdir = tmp_path_factory.mktemp("e2e-hub")
+    secret = workdir / "client_secret"
+    secret.write_text("e2e-client-secret\n")
+    secret.chmod(0o600)
+    site = slurm_site(
+        singleuser_env,
+        auth={
+            "kind": "oidc",
+            "oidc": {
+                "issuer": idp.url,
+                "client_id": "campushub-e2e",
+                "client_secret_file": str(secret),
+                "allowed_groups": ["researchers"],
+                "admin_groups": ["hub-admins"],
+            },
+        },
+        users={"accounts": "create"},
+        profiles=PROFILES,
+    )
+    try:
+        with running_hub(slurm, workdir, site) as running:
+            yield running
+    finally:
+        remove_user(USER)
+
+
+def jobs_of(slurm, user: str) -> list[dict]:
+    return [j for j in slurm.jobs() if j["user"] == user]
+
+
+def test_a_researcher_signs_in_starts_a_gpu_server_and_runs_code(hub, idp, slurm, page, artifacts):
+    # The hub sends a new visitor to its login page, which offers the campus login.
+    page.goto(f"{hub.url}/")
+    page.get_by_text("Sign in with your campus account").click()
+
+    # The identity provider's own form.
+    page.wait_for_url(f"{idp.url}/**")
+    page.locator('input[name="sub"]').fill(SUB)
+    page.get_by_role("button", name="Authorize").click()
+
+    # Back at the hub: the first login created the unix account; the spawn page offers the profiles
+    # granted to the user's campus groups, and no other.
+    page.wait_for_url(f"{hub.url}/hub/**")
+    assert urlsplit(page.url).path in ("/hub/spawn", f"/hub/spawn/{USER}"), page.url
+    account = pwd.getpwnam(USER)
+    assert account.pw_uid >= 1000
+    offered = page.locator('input[name="profile"]')
+    assert [offered.nth(i).get_attribute("value") for i in range(offered.count())] == ["cpu", "gpu-1"]
+    expect(page.get_by_text("One GPU")).to_be_visible()
+    expect(page.get_by_text("Four GPUs")).to_have_count(0)
+
+    # Start a one-GPU server; JupyterLab opens once its Slurm job runs.
+    page.locator('input[name="profile"][value="gpu-1"]').check()
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_url(f"{hub.url}/user/{USER}/lab**", timeout=SPAWN_TIMEOUT_MS)
+    (job,) = jobs_of(slurm, USER)  # squeue's user: the account the first login created
+    assert (job["state"], job["name"]) == ("RUNNING", f"jupyter-{USER}")
+    pids = slurm.job_pids(job["id"])
+    assert pids and {uid_of(pid) for pid in pids} == {account.pw_uid}
+    gres = slurm.cmd("squeue", "-h", "-j", job["id"], "-o", "%b").stdout.strip()
+    assert re.search(r"gpu:1$", gres), gres
+
+    # A new notebook from the launcher: 1+1 gives 2.
+    launcher_card = page.locator('.jp-LauncherCard[data-category="Notebook"]').first
+    expect(launcher_card).to_be_visible(timeout=60_000)
+    launcher_card.click()
+    # Code typed before the kernel is connected would not run: wait for it to be idle.
+    expect(page.locator(".jp-NotebookPanel:visible .jp-Notebook-ExecutionIndicator").first).to_have_attribute(
+        "data-status", "idle", timeout=60_000
+    )
+    editor = page.locator(".jp-NotebookPanel:visible .jp-Cell .cm-content").first
+    expect(editor).to_be_visible(timeout=30_000)
+    editor.click()
+    page.keyboard.type("1+1")
+    page.keyboard.press("Shift+Enter")
+    output = page.locator(".jp-NotebookPanel:visible .jp-OutputArea-output").first
+    expect(output).to_have_text("2", timeout=60_000)
+    page.screenshot(path=artifacts / "jupyterlab.png")
+
+    # Stopping the server from the hub's home page ends the job.
+    page.goto(f"{hub.url}/hub/home")
+    page.locator("#stop").click()
+    expect(page.locator("#start")).to_be_visible(timeout=60_000)
+    wait_for(lambda: not jobs_of(slurm, USER), 60, f"{USER}'s job to end")
