@@ -152,17 +152,17 @@ def test_pending_reasons_in_plain_words(reason, start, words):
 @pytest.mark.parametrize(
     "runtime, gpus, expected",
     [
-        ("none", 1, ["batchspawner-singleuser", "jupyterhub-singleuser"]),
+        ("none", 1, ["batchspawner-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
         ("apptainer", 2, ["apptainer", "exec", "--nv", "--bind", "/root", "--pwd", "/root", "/img/lab.sif",
-                          "batchspawner-singleuser", "jupyterhub-singleuser"]),
+                          "batchspawner-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
         ("apptainer", 0, ["apptainer", "exec", "--bind", "/root", "--pwd", "/root", "/img/lab.sif",
-                          "batchspawner-singleuser", "jupyterhub-singleuser"]),
+                          "batchspawner-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
         ("podman", 1, ["podman", "run", "--rm", "--network=host", "--userns=keep-id", "--volume", "/root:/root",
                        "--workdir", "/root", "--env", "JUPYTERHUB_*", "--env", "CAMPUSHUB_*", "--env", "HOME",
                        "--env", "USER", "--device", "nvidia.com/gpu=all", "--env", "CUDA_VISIBLE_DEVICES",
-                       "/img/lab.sif", "batchspawner-singleuser", "jupyterhub-singleuser"]),
+                       "/img/lab.sif", "batchspawner-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
         ("pyxis", 1, ["srun", "--export=ALL", "--container-image=/img/lab.sif", "--container-mounts=/root:/root",
-                      "--container-workdir=/root", "batchspawner-singleuser", "jupyterhub-singleuser"]),
+                      "--container-workdir=/root", "batchspawner-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
     ],
 )  # fmt: skip
 def test_the_server_command_in_each_container_runtime(runtime, gpus, expected):
