@@ -16,7 +16,8 @@ LAB_EXTENSION_FILES := $(shell find $(LAB_EXTENSION) -type f -not -path '*/node_
 NODE_PACKAGES := $(if $(shell command -v npm),,nodejs npm)
 DEMO_PACKAGES := python3-venv $(NODE_PACKAGES)
 # chromium: the browser of the end-to-end tests (Playwright drives /usr/bin/chromium).
-TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo chromium
+# podman, runc, uidmap, slirp4netns: a user's server in a rootless podman container (tests/integration/test_podman.py).
+TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo chromium podman runc uidmap slirp4netns
 
 .PHONY: help demo test install system-packages test-system-packages singleuser-env clean
 

@@ -7,9 +7,10 @@ import pwd
 import sqlite3
 import stat
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import pytest
+import requests
 
 from tests.cluster.hub import running_hub, slurm_site
 from tests.cluster.idp import IdentityProvider
@@ -81,6 +82,15 @@ def test_an_allowed_user_lands_on_the_spawn_page_with_a_new_private_account(hub,
     account = pwd.getpwnam("chub.ada")
     assert account.pw_uid >= 1000
     assert stat.S_IMODE(Path(account.pw_dir).stat().st_mode) == 0o700
+
+
+def test_the_login_uses_state_and_pkce(hub, idp):
+    r = requests.get(f"{hub.url}/hub/oauth_login", allow_redirects=False, timeout=10)
+    assert r.status_code == 302
+    query = parse_qs(urlparse(r.headers["location"]).query)
+    assert r.headers["location"].startswith(f"{idp.url}/oauth2/authorize")
+    assert query["state"][0] and query["code_challenge"][0] and query["code_challenge_method"] == ["S256"]
+    assert query["redirect_uri"] == [f"{hub.url}/hub/oauth_callback"]
 
 
 def test_a_user_outside_the_allowed_groups_gets_a_clear_refusal(hub, idp):
