@@ -118,9 +118,19 @@ def test_a_researcher_signs_in_starts_a_gpu_server_and_runs_code(hub, idp, slurm
     expect(editor).to_be_visible(timeout=30_000)
     editor.click()
     page.keyboard.type("1+1")
-    page.keyboard.press("Shift+Enter")
+    expect(editor).to_have_text("1+1", timeout=10_000)
     output = page.locator(".jp-NotebookPanel:visible .jp-OutputArea-output").first
-    expect(output).to_have_text("2", timeout=60_000)
+    # A kernel that just became idle can still miss the first request while its websocket
+    # settles (seen on a loaded 2-core machine): run the cell again, at most twice more.
+    for attempt in range(3):
+        editor.click()
+        page.keyboard.press("Shift+Enter")
+        try:
+            expect(output).to_have_text("2", timeout=30_000)
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
     page.screenshot(path=artifacts / "jupyterlab.png")
 
     # Stopping the server from the hub's home page ends the job.
