@@ -19,7 +19,6 @@ import json
 import os
 import pwd
 import shlex
-import time
 from datetime import datetime
 
 import batchspawner
@@ -441,18 +440,16 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                 raise error
             await asyncio.sleep(self.startup_poll_interval)
         self.ip = self.state_gethost()
-        # The port arrives through the port report (PortReportHandler), then the server starts
-        # listening on it; meanwhile, watch the job. Returning only once the port accepts
-        # connections spares the hub's own readiness checks, whose back-off would add seconds.
-        checked = time.monotonic()
-        while not (self.port and await self.accepts_connections()):
-            await asyncio.sleep(0.1)
-            if time.monotonic() - checked >= self.startup_poll_interval:
-                checked = time.monotonic()
-                if await self.query_job_status() == JobStatus.NOTFOUND:
-                    error = await self.job_ended_error(job_id, "before its server started")
-                    self.clear_state()
-                    raise error
+        # The port arrives through the port report (PortReportHandler); meanwhile, watch the job,
+        # every third poll: each check costs the hub a sudo and an squeue, times every starting user.
+        polls = 0
+        while self.port == 0:
+            await asyncio.sleep(self.startup_poll_interval)
+            polls += 1
+            if self.port == 0 and polls % 3 == 0 and await self.query_job_status() == JobStatus.NOTFOUND:
+                error = await self.job_ended_error(job_id, "before its server started")
+                self.clear_state()
+                raise error
         self.log.info("Server job %s of %s runs at %s:%s", job_id, self.user.name, self.ip, self.port)
         self.last_stop = {}
         return self.ip, self.port
@@ -461,14 +458,6 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         # The port was reported before the server binds it: if it is taken by then, the server must
         # fail (and the spawn with it) rather than move to another port the hub does not know.
         return [*super().get_args(), "--ServerApp.port_retries=0"]
-
-    async def accepts_connections(self) -> bool:
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(self.ip, self.port), 1)
-        except (OSError, asyncio.TimeoutError):
-            return False
-        writer.close()
-        return True
 
     async def progress(self):
         """Where the job is, in words, refreshed every progress_interval seconds while it waits."""
