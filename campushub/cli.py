@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from . import __version__
-from .hubconfig import hub_config
+from .hubconfig import hub_config, public_url
 from .site import Site, SiteError, load_site, site_schema
 from .state import StateDir
 
@@ -27,10 +27,6 @@ class CommandError(Exception):
 
 def site_from(args) -> Site:
     return load_site(args.config or os.environ.get("CAMPUSHUB_CONFIG") or None)
-
-
-def public_url(site: Site) -> str:
-    return f"http://{site.hub.ip}:{site.hub.port}{site.hub.base_url}"
 
 
 def connectable(ip: str) -> str:

@@ -158,6 +158,9 @@ PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
         out = self.cmd("squeue", "-h", "-t", "PD,R,CG,CF", "-o", "%i|%u|%T|%j").stdout
         return [dict(zip(("id", "user", "state", "name"), line.split("|"))) for line in out.splitlines()]
 
+    def jobs_of(self, user: str) -> list[dict]:
+        return [j for j in self.jobs() if j["user"] == user]
+
     def job_state(self, job_id: str) -> str:
         out = self.cmd("squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip()
         return out or "GONE"

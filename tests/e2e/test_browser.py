@@ -70,9 +70,6 @@ def hub(slurm, singleuser_env, idp, tmp_path_factory):
         remove_user(USER)
 
 
-def jobs_of(slurm, user: str) -> list[dict]:
-    return [j for j in slurm.jobs() if j["user"] == user]
-
 
 def test_a_researcher_signs_in_starts_a_gpu_server_and_runs_code(hub, idp, slurm, page, artifacts):
     # The hub sends a new visitor to its login page, which offers the campus login.
@@ -99,7 +96,7 @@ def test_a_researcher_signs_in_starts_a_gpu_server_and_runs_code(hub, idp, slurm
     page.locator('input[name="profile"][value="gpu-1"]').check()
     page.get_by_role("button", name="Start").click()
     page.wait_for_url(f"{hub.url}/user/{USER}/lab**", timeout=SPAWN_TIMEOUT_MS)
-    (job,) = jobs_of(slurm, USER)  # squeue's user: the account the first login created
+    (job,) = slurm.jobs_of(USER)  # squeue's user: the account the first login created
     assert (job["state"], job["name"]) == ("RUNNING", f"jupyter-{USER}")
     pids = slurm.job_pids(job["id"])
     assert pids and {uid_of(pid) for pid in pids} == {account.pw_uid}
@@ -137,4 +134,4 @@ def test_a_researcher_signs_in_starts_a_gpu_server_and_runs_code(hub, idp, slurm
     page.goto(f"{hub.url}/hub/home")
     page.locator("#stop").click()
     expect(page.locator("#start")).to_be_visible(timeout=60_000)
-    wait_for(lambda: not jobs_of(slurm, USER), 60, f"{USER}'s job to end")
+    wait_for(lambda: not slurm.jobs_of(USER), 60, f"{USER}'s job to end")

@@ -62,7 +62,7 @@ def user_request(hub, method: str, user: str, path: str, token: str, **kw) -> re
 
 
 def job_id(slurm, user: str) -> str:
-    jobs = [j for j in slurm.jobs() if j["user"] == user]
+    jobs = slurm.jobs_of(user)
     assert len(jobs) == 1, f"expected one job of {user}: {jobs}"
     return jobs[0]["id"]
 
@@ -186,7 +186,7 @@ def test_idle_server_is_culled(hub, slurm, tokens, timeline):
     gone = wait_culled(hub, slurm, IDLE, tokens[IDLE], timeline["jobs"][IDLE], deadline)
     # and not before IDLE_TIMEOUT: its spawn's start is its earliest possible last activity
     assert gone - timeline["spawn"] >= IDLE_TIMEOUT - 1
-    assert not [j for j in slurm.jobs() if j["user"] == IDLE]
+    assert not slurm.jobs_of(IDLE)
 
 
 def test_server_with_a_busy_kernel_is_not_culled(hub, slurm, tokens, timeline):

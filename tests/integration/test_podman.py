@@ -90,7 +90,7 @@ def container_server_pid(uid: int) -> int:
 def test_the_server_runs_in_a_podman_container_in_the_job(hub, slurm, unix_users):
     token = hub.token(USER)
     hub.spawn_and_wait(USER, token)
-    (job,) = [j for j in slurm.jobs() if j["user"] == USER]
+    (job,) = slurm.jobs_of(USER)
     assert job["state"] == "RUNNING"
     pid = container_server_pid(unix_users[USER].pw_uid)
     # its root is the image's, not the node's (whose /etc has debian_version)

@@ -56,16 +56,13 @@ def tokens(hub):
 def short_job(hub, slurm, tokens):
     """Dave's one-minute server, started first: the last test sees its time limit end it."""
     server = hub.spawn_and_wait(DAVE, tokens[DAVE], profile="one-minute")
-    job = jobs_of(slurm, DAVE)[0]["id"]
+    job = slurm.jobs_of(DAVE)[0]["id"]
     return {"job": job, "started": time.monotonic(), "server": server}
 
 
-def jobs_of(slurm, user) -> list[dict]:
-    return [j for j in slurm.jobs() if j["user"] == user]
-
 
 def server_env(slurm, user) -> dict:
-    (job,) = jobs_of(slurm, user)
+    (job,) = slurm.jobs_of(user)
     for pid in slurm.job_pids(job["id"]):
         if "jupyterhub-singleuser" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
             return environ_of(pid)
@@ -106,7 +103,7 @@ def test_bad_user_options_are_refused_and_reach_no_job(hub, slurm, tokens, optio
     r = hub.spawn(CAROL, tokens[CAROL], **options)
     assert r.status_code == 400, r.text
     assert r.json()["message"].startswith(message), r.json()
-    assert not jobs_of(slurm, CAROL)
+    assert not slurm.jobs_of(CAROL)
     assert hub.server(CAROL, tokens[CAROL]) is None
 
 
@@ -119,7 +116,7 @@ def test_out_of_range_choices_are_refused_from_the_form_too(hub, slurm, tokens):
     assert r.status_code == 400
     assert "hours: must be from 1 to 4 in the profile &#39;gpu-2&#39;" in r.text
     assert 'name="profile" value="gpu-2"' in r.text  # the form again, to correct
-    assert not jobs_of(slurm, ALICE)
+    assert not slurm.jobs_of(ALICE)
 
 
 def test_a_group_property_grants_a_profile_without_a_restart(hub, slurm, tokens):
@@ -150,14 +147,14 @@ def test_two_gpu_users_get_disjoint_gpus(hub, slurm, tokens):
 
 def test_a_waiting_job_says_why_and_when(hub, slurm, tokens):
     # all 4 GPUs are held by alice and bob (previous test)
-    assert len(jobs_of(slurm, ALICE)) == 1 and len(jobs_of(slurm, BOB)) == 1
+    assert len(slurm.jobs_of(ALICE)) == 1 and len(slurm.jobs_of(BOB)) == 1
     r = hub.spawn(CAROL, tokens[CAROL], profile="gpu-course")
     assert r.status_code == 202, r.text  # still waiting after the hub's 10 s
     events = hub.progress(CAROL, tokens[CAROL], timeout=60, until=lambda e: "estimated start" in e["message"])
     messages = [e["message"] for e in events]
     assert any("Waiting for resources: 1 GPU is busy with other jobs" in m for m in messages), messages
     assert "estimated start" in messages[-1], messages
-    (job,) = jobs_of(slurm, CAROL)
+    (job,) = slurm.jobs_of(CAROL)
     assert job["state"] == "PENDING"
     hub.stop_server(ALICE, tokens[ALICE])  # frees two GPUs: carol's job starts
     assert hub.progress(CAROL, tokens[CAROL], timeout=90)[-1].get("ready")
@@ -172,7 +169,7 @@ def test_a_request_no_node_can_satisfy_fails_at_once(hub, slurm, tokens):
     assert "Slurm refused the server job" in r.json()["message"]
     assert "Requested node configuration is not available" in r.json()["message"]
     assert time.monotonic() - started < 10
-    assert not jobs_of(slurm, ALICE)
+    assert not slurm.jobs_of(ALICE)
 
 
 def test_the_time_limit_shows_as_the_reason_the_server_stopped(hub, slurm, tokens, short_job):

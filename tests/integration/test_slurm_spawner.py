@@ -41,7 +41,7 @@ def tokens(hub, unix_users):
 
 
 def job_of(hub, slurm, user) -> dict:
-    jobs = [j for j in slurm.jobs() if j["user"] == user]
+    jobs = slurm.jobs_of(user)
     assert len(jobs) == 1, f"expected one job of {user}: {jobs}"
     return jobs[0]
 
@@ -151,7 +151,7 @@ def test_stop_cancels_the_job(hub, slurm, tokens):
     job = job_of(hub, slurm, user)["id"]
     hub.stop_server(user, tokens[user])
     wait_for(lambda: slurm.job_state(job) in ("GONE", "CANCELLED", "COMPLETED"), 30, f"job {job} to end")
-    assert not [j for j in slurm.jobs() if j["user"] == user]
+    assert not slurm.jobs_of(user)
 
 
 def test_job_killed_with_scancel_shows_stopped_within_poll_interval(hub, slurm, tokens):
@@ -185,7 +185,7 @@ def test_job_that_dies_before_its_server_fails_the_spawn_at_once(hub, slurm, tok
     assert "ended (FAILED)" in message
     assert "no such module 'cuda/99'" in message  # the tail of the job's own log
     assert hub.server(user, tokens[user]) is None
-    assert not [j for j in slurm.jobs() if j["user"] == user]
+    assert not slurm.jobs_of(user)
 
 
 def test_port_report_accepts_only_a_port_from_the_pending_spawn(hub, slurm, unix_users, tokens, tmp_path):
@@ -194,7 +194,7 @@ def test_port_report_accepts_only_a_port_from_the_pending_spawn(hub, slurm, unix
     marker.unlink(missing_ok=True)
     r = hub.spawn(user, tokens[user])
     assert r.status_code == 202, r.text
-    wait_for(lambda: [j for j in slurm.jobs() if j["user"] == user and j["state"] == "RUNNING"], 60, "dave's job")
+    wait_for(lambda: [j for j in slurm.jobs_of(user) if j["state"] == "RUNNING"], 60, "dave's job")
     job = job_of(hub, slurm, user)["id"]
     # the server's own token, as the job holds it (the prologue still sleeps: the spawn is pending)
     pids = wait_for(lambda: slurm.job_pids(job), 10, "the job's processes")
