@@ -49,3 +49,27 @@ def singleuser_env() -> Path:
         if not (env / "bin" / tool).exists():
             pytest.fail(f"{env}/bin/{tool} is missing: `make test` builds the single-user environment")
     return env
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        return f"(could not read {path}: {e})"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report carries the tails of the hub's and Slurm's logs, so that a failure
+    seen only in CI can be understood from its output."""
+    report = yield
+    if report.failed and call.when == "call":
+        from tests.cluster.hub import RunningHub
+
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, RunningHub):
+                report.sections.append((f"hub log ({name})", _tail(value.workdir / "hub.log", 120)))
+            elif isinstance(value, SlurmCluster):
+                for log in ("slurmctld.log", "slurmd.log"):
+                    report.sections.append((log, _tail(value.root / "log" / log, 40)))
+    return report

@@ -191,6 +191,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     )
     container_options = List(Unicode(), help="Extra arguments for the container runtime.").tag(config=True)
     command_timeout = Float(60, help="Seconds one Slurm command may take.").tag(config=True)
+    cancel_attempts = Integer(5, help="How often stop tries scancel while Slurm still lists the job.").tag(config=True)
     log_tail_lines = Integer(20, help="How many lines of the job's log a failed spawn shows.").tag(config=True)
     profiles = List(help="Resource profiles (campushub.profiles.Profile) from the site file.").tag(config=True)
     progress_interval = Float(3.0, help="Seconds between queue checks shown on the spawn page.").tag(config=True)
@@ -397,12 +398,26 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         return 1
 
     async def cancel_batch_job(self) -> None:
-        if not self.job_id:
+        # The hub forgets the server once stop() returns, whatever happened: a cancel that failed for a
+        # passing reason (slurmctld busy, munge restarting) is tried again while Slurm still lists the job.
+        job_id = self.job_id
+        if not job_id:
             return
-        self.log.info("Cancelling job %s of %s", self.job_id, self.user.name)
-        rc, _, err = await self.run_as_user("scancel", self.job_id)
-        if rc != 0:
-            self.log.warning("scancel %s failed: %s", self.job_id, err.strip())
+        self.log.info("Cancelling job %s of %s", job_id, self.user.name)
+        for attempt in range(1, self.cancel_attempts + 1):
+            try:
+                rc, _, err = await self.run_as_user("scancel", job_id)
+            except (OSError, asyncio.TimeoutError) as e:
+                rc, err = -1, str(e) or type(e).__name__
+            if rc == 0:
+                return
+            self.log.warning(
+                "scancel %s failed (attempt %d of %d): %s", job_id, attempt, self.cancel_attempts, err.strip()
+            )
+            if await self.query_job_status() not in (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.UNKNOWN):
+                return  # it has ended already
+            await asyncio.sleep(2)
+        self.log.error("Could not cancel job %s of %s: it may run until its time limit", job_id, self.user.name)
 
     async def job_log_tail(self, job_id: str) -> str:
         path = self.job_log_path(job_id)

@@ -131,7 +131,9 @@ def test_a_researcher_signs_in_starts_a_gpu_server_and_runs_code(hub, idp, slurm
     page.screenshot(path=artifacts / "jupyterlab.png")
 
     # Stopping the server from the hub's home page ends the job.
-    page.goto(f"{hub.url}/hub/home")
+    # The button works once the page's scripts have loaded; "Start My Server" shows the stop is done.
+    page.goto(f"{hub.url}/hub/home", wait_until="networkidle")
     page.locator("#stop").click()
-    expect(page.locator("#start")).to_be_visible(timeout=60_000)
+    expect(page.locator("#stop")).to_be_hidden(timeout=60_000)
+    expect(page.locator("#start")).to_have_text("Start My Server", timeout=60_000)
     wait_for(lambda: not slurm.jobs_of(USER), 60, f"{USER}'s job to end")

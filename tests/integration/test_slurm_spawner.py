@@ -154,6 +154,34 @@ def test_stop_cancels_the_job(hub, slurm, tokens):
     assert not slurm.jobs_of(user)
 
 
+def test_a_failing_scancel_is_tried_again(hub, slurm, tokens):
+    """The hub forgets a server once its stop returns: a cancel that fails while munge is briefly
+    away must be tried again, or the job would run on, unseen, until its time limit."""
+    user = "chub-bob"
+    if not (hub.server(user, tokens[user]) or {}).get("ready"):
+        hub.spawn_and_wait(user, tokens[user])
+    job = job_of(hub, slurm, user)["id"]
+    socket = slurm.munge_socket
+    hidden = socket.with_name("munge.socket.hidden")
+    failed = f"scancel {job} failed (attempt 1 of"
+
+    def bring_munge_back():
+        try:
+            wait_for(lambda: failed in hub.log_tail(400), 60, "the first scancel to fail")
+        finally:
+            hidden.rename(socket)
+
+    socket.rename(hidden)
+    back = threading.Thread(target=bring_munge_back)
+    back.start()
+    try:
+        hub.stop_server(user, tokens[user], timeout=120)
+    finally:
+        back.join()
+    wait_for(lambda: slurm.job_state(job) in ("GONE", "CANCELLED", "COMPLETED"), 60, f"job {job} to end")
+    assert failed in hub.log_tail(400)
+
+
 def test_job_killed_with_scancel_shows_stopped_within_poll_interval(hub, slurm, tokens):
     user = "chub-alice"
     if not (hub.server(user, tokens[user]) or {}).get("ready"):
