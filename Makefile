@@ -44,7 +44,7 @@ $(VENV)/.installed: pyproject.toml $(LAB_EXTENSION_FILES)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
-	$(VENV)/bin/python -m pip install --quiet ./$(LAB_EXTENSION)
+	$(VENV)/bin/python -m pip install --quiet --no-deps --force-reinstall ./$(LAB_EXTENSION)
 	npm install --silent --no-save --no-audit --no-fund --prefix $(VENV)/lib/node configurable-http-proxy@$(CHP_VERSION)
 	ln -sf ../lib/node/node_modules/.bin/configurable-http-proxy $(VENV)/bin/configurable-http-proxy
 	touch $@
@@ -53,7 +53,8 @@ singleuser-env: $(SINGLEUSER_ENV)/.installed
 
 $(SINGLEUSER_ENV)/.installed: images/singleuser-requirements.txt $(LAB_EXTENSION_FILES)
 	test -x $(SINGLEUSER_ENV)/bin/python || /usr/bin/python3 -m venv $(SINGLEUSER_ENV)
-	$(SINGLEUSER_ENV)/bin/python -m pip install --quiet -r images/singleuser-requirements.txt ./$(LAB_EXTENSION)
+	$(SINGLEUSER_ENV)/bin/python -m pip install --quiet -r images/singleuser-requirements.txt
+	$(SINGLEUSER_ENV)/bin/python -m pip install --quiet --no-deps --force-reinstall ./$(LAB_EXTENSION)
 	chmod -R a+rX $(SINGLEUSER_ENV) $(dir $(SINGLEUSER_ENV))
 	touch $@
 
@@ -66,4 +67,6 @@ clean:
 BENCH_ARGS ?=
 .PHONY: bench
 bench: test-system-packages install singleuser-env
+	@# the stock peer's port reporter, in the same single-user environment
+	$(SINGLEUSER_ENV)/bin/python -m pip install --quiet batchspawner==1.3.0 requests==2.34.2
 	CAMPUSHUB_TEST_SINGLEUSER_ENV=$(SINGLEUSER_ENV) $(VENV)/bin/python benchmarks/spawn.py $(BENCH_ARGS)

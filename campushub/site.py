@@ -168,7 +168,7 @@ class ContainerSettings(Section):
         pattern=r"^[^\s'\"]+$",
         description="The image: a .sif path (apptainer), an image name (podman), or a pyxis image "
         "(e.g. nvcr.io#nvidia/pytorch:24.05-py3 or a .sqsh path). It must have jupyterhub-singleuser and "
-        "batchspawner-singleuser on its PATH.",
+        "campushub-singleuser (extensions/campushub-lab) on its PATH.",
     )
     options: list[str] = Field([], description="Extra arguments for the runtime, before the image.")
 
@@ -191,7 +191,7 @@ class SlurmSettings(Section):
     python_env: Path | None = Field(
         None,
         description="Prefix of the Python environment on the compute nodes that holds jupyterhub-singleuser "
-        "and batchspawner-singleuser (its bin/ is put first on PATH). Unset: found on the job's PATH.",
+        "and campushub-singleuser (its bin/ is put first on PATH). Unset: found on the job's PATH.",
     )
     prologue: str = Field(
         "",

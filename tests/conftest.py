@@ -45,7 +45,7 @@ def slurm(root_required):
 @pytest.fixture(scope="session")
 def singleuser_env() -> Path:
     env = Path(os.environ.get("CAMPUSHUB_TEST_SINGLEUSER_ENV", "/opt/campushub/test-singleuser"))
-    for tool in ("jupyterhub-singleuser", "batchspawner-singleuser"):
+    for tool in ("jupyterhub-singleuser", "campushub-singleuser"):
         if not (env / "bin" / tool).exists():
             pytest.fail(f"{env}/bin/{tool} is missing: `make test` builds the single-user environment")
     return env

@@ -1,12 +1,14 @@
 """Slurm backend: each user's server is a Slurm job of the user's unix account.
 
-Built on batchspawner's SlurmSpawner (job state kept in the hub database, the
-`batchspawner-singleuser` port report from inside the job), with what a shared cluster needs:
+Built on batchspawner's SlurmSpawner (job state kept in the hub database, the port reported from
+inside the job to /hub/api/batchspawner), with what a shared cluster needs:
 
 - Slurm commands run without a shell, every option is a separate argument, and the batch script
   holds only admin-set text and quoted words: nothing a user sends reaches it.
 - The port report accepts one integer port, only for the pending spawn that owns the calling
   token; batchspawner's handler copied any posted key onto the spawner.
+- The job reports its port once the server listens (`campushub-singleuser`, extensions/campushub-lab),
+  and the report wakes the spawn: the hub's first readiness check finds the server up.
 - A job that ends before its server reports a port fails the spawn at once, with its log's tail.
 - Only a definite answer from Slurm ends a server: a failing `squeue` leaves it running.
 """
@@ -190,6 +192,11 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         config=True
     )
     container_options = List(Unicode(), help="Extra arguments for the container runtime.").tag(config=True)
+    batchspawner_singleuser_cmd = Unicode(
+        "campushub-singleuser",
+        help="Starts the server in the job on a free port and reports the port once the server listens "
+        "(campushub-lab's; batchspawner-singleuser works too, reporting before the server listens).",
+    ).tag(config=True)
     command_timeout = Float(60, help="Seconds one Slurm command may take.").tag(config=True)
     cancel_attempts = Integer(5, help="How often stop tries scancel while Slurm still lists the job.").tag(config=True)
     log_tail_lines = Integer(20, help="How many lines of the job's log a failed spawn shows.").tag(config=True)
@@ -437,6 +444,13 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
 
     # --- the spawn ------------------------------------------------------------------------
 
+    def record_port(self, port: int) -> None:
+        """The port report's port; wakes start()."""
+        self.port = port
+        event = getattr(self, "_port_reported", None)
+        if event is not None:
+            event.set()
+
     async def start(self):
         self.unix_account()
         # a fresh address for every job: the last job's host is no place to bind on another node
@@ -444,6 +458,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         self.port = 0
         if self.server:
             self.server.port = 0
+        self._port_reported = asyncio.Event()
         job_id = await self.submit_batch_script()
         while True:
             status = await self.query_job_status()
@@ -455,16 +470,16 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                 raise error
             await asyncio.sleep(self.startup_poll_interval)
         self.ip = self.state_gethost()
-        # The port arrives through the port report (PortReportHandler); meanwhile, watch the job,
-        # every third poll: each check costs the hub a sudo and an squeue, times every starting user.
-        polls = 0
-        while self.port == 0:
-            await asyncio.sleep(self.startup_poll_interval)
-            polls += 1
-            if self.port == 0 and polls % 3 == 0 and await self.query_job_status() == JobStatus.NOTFOUND:
-                error = await self.job_ended_error(job_id, "before its server started")
-                self.clear_state()
-                raise error
+        # The port report (PortReportHandler) wakes us; meanwhile, check that the job still runs, every
+        # third poll interval: each check costs the hub a sudo and an squeue, times every starting user.
+        while not self.port:
+            try:
+                await asyncio.wait_for(self._port_reported.wait(), 3 * self.startup_poll_interval)
+            except asyncio.TimeoutError:
+                if await self.query_job_status() == JobStatus.NOTFOUND:
+                    error = await self.job_ended_error(job_id, "before its server started")
+                    self.clear_state()
+                    raise error
         self.log.info("Server job %s of %s runs at %s:%s", job_id, self.user.name, self.ip, self.port)
         self.last_stop = {}
         return self.ip, self.port
@@ -526,7 +541,7 @@ class PortReportHandler(APIHandler):
             port = parse_port_report(self.request.body)
         except PortReportError as e:
             raise web.HTTPError(400, str(e)) from None
-        spawner.port = port
+        spawner.record_port(port)
         self.set_status(201)
         self.finish({"message": f"port {port} recorded"})
 

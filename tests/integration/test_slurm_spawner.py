@@ -1,14 +1,16 @@
 """Users' servers as real Slurm jobs, through a real CampusHub (proxy + hub) with real unix users.
 
-The site's prologue gives two test users a behaviour of their own: chub-carol's job fails while
+The site's prologue gives test users a behaviour of their own: chub-carol's job fails while
 loading its environment; chub-dave's job waits 20 s before starting its server (a spawn held
-pending, to probe the port report).
+pending, to probe the port report); chub-erin's server holds a token that is not its own, so the
+hub refuses its port report.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ PROLOGUE = """\
 case "$USER" in
   chub-carol) echo "loading the course environment failed: no such module 'cuda/99'" >&2; exit 3 ;;
   chub-dave) sleep 20 ;;
+  chub-erin) export JUPYTERHUB_API_TOKEN=not-this-servers-token ;;
 esac"""
 
 
@@ -73,6 +76,18 @@ def test_two_users_get_their_own_jobs_and_servers(hub, slurm, unix_users, tokens
         # through the proxy, with the user's own token
         r = hub.user_get(user, "api/status", tokens[user])
         assert r.status_code == 200, r.text
+
+    # each job reported its port once its server listened, and the hub has that port
+    for user in (alice, bob):
+        job = job_of(hub, slurm, user)["id"]
+        log = (Path(unix_users[user].pw_dir) / ".campushub" / "logs" / f"jupyter-{job}.log").read_text()
+        listening = re.search(r"is running at:\s*\n.*http://[^:/]+:(\d+)/user/", log)
+        reported = re.search(r"CampusHub: reported port (\d+) to the hub", log)
+        assert listening and reported, log
+        assert listening.start() < reported.start()
+        assert listening.group(1) == reported.group(1)
+        assert f"Server job {job} of {user} runs at " in hub.log_tail(2000)
+        assert re.search(rf"Server job {job} of {user} runs at \S+:{reported.group(1)}\b", hub.log_tail(2000))
 
     # a user's token opens no other user's server
     assert hub.user_get(bob, "api/status", tokens[alice]).status_code == 403
@@ -214,6 +229,22 @@ def test_job_that_dies_before_its_server_fails_the_spawn_at_once(hub, slurm, tok
     assert "no such module 'cuda/99'" in message  # the tail of the job's own log
     assert hub.server(user, tokens[user]) is None
     assert not slurm.jobs_of(user)
+
+
+def test_a_refused_port_report_stops_the_server_and_fails_the_spawn(hub, slurm, tokens):
+    user = "chub-erin"
+    r = hub.spawn(user, tokens[user])
+    if r.status_code == 202:
+        final = hub.progress(user, tokens[user], timeout=90)[-1]
+        assert final.get("failed"), final
+        message = final["message"]
+    else:
+        assert r.status_code == 500, r.text
+        message = r.json()["message"]
+    assert "before its server started" in message
+    assert "the hub did not take this server's port (403" in message  # the job log's tail
+    assert hub.server(user, tokens[user]) is None
+    wait_for(lambda: not slurm.jobs_of(user), 30, f"{user}'s job to end")
 
 
 def test_port_report_accepts_only_a_port_from_the_pending_spawn(hub, slurm, unix_users, tokens, tmp_path):

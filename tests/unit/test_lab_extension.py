@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 from jupyter_server._tz import utcnow
 
 import campushub_lab
 from campushub_lab.activity import SETTING, any_kernel_busy, record_busy_kernels, watch_busy_kernels
+from campushub_lab.portreport import ENABLED, with_port
 
 EXTENSION = Path(__file__).resolve().parents[2] / "extensions" / "campushub-lab"
 
@@ -97,3 +101,40 @@ def test_enabled_on_install():
     # the wheel ships it as shared data: where jupyter_server reads it, in this environment
     installed = Path(sys.prefix) / "etc" / "jupyter" / "jupyter_server_config.d" / "campushub_lab.json"
     assert json.loads(installed.read_text()) == config
+
+
+# --- campushub-singleuser: the server on a free port, reported once it listens ---
+
+SINGLEUSER = Path(sys.executable).with_name("campushub-singleuser")
+
+
+def run_singleuser(*args: str, url: str | None = "http://10.1.2.3:0/user/ada/"):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "CAMPUSHUB_"))}
+    if url is not None:
+        env["JUPYTERHUB_SERVICE_URL"] = url
+    return subprocess.run([str(SINGLEUSER), *args], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_singleuser_runs_the_command_on_a_free_port_with_the_report_enabled():
+    done = run_singleuser("env")
+    assert done.returncode == 0, done.stderr
+    env = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    url = urlsplit(env["JUPYTERHUB_SERVICE_URL"])
+    assert (url.hostname, url.path) == ("10.1.2.3", "/user/ada/")
+    assert 1024 <= url.port <= 65535
+    assert env[ENABLED] == "1"
+
+
+def test_singleuser_keeps_the_host_of_the_service_url():
+    assert with_port("http://[fd00::5]:0/user/ada/", 4242) == "http://[fd00::5]:4242/user/ada/"
+    assert with_port("http://:0/user/ada/", 4242) == "http://:4242/user/ada/"
+    assert with_port("http://node7.campus:8888/user/ada/?x=1", 4242) == "http://node7.campus:4242/user/ada/?x=1"
+
+
+def test_singleuser_says_what_is_wrong():
+    assert run_singleuser().returncode == 2
+    assert "usage: campushub-singleuser COMMAND" in run_singleuser("--help").stdout
+    missing = run_singleuser("env", url=None)
+    assert missing.returncode != 0 and "JUPYTERHUB_SERVICE_URL is not set" in missing.stderr
+    absent = run_singleuser("no-such-command-campushub")
+    assert absent.returncode != 0 and "cannot run no-such-command-campushub" in absent.stderr

@@ -107,7 +107,7 @@ def test_the_batch_script_quotes_every_word():
     assert lines[0] == "#!/bin/bash"
     assert "module load cuda" in lines
     assert "export PATH='/opt/env with space/bin':\"$PATH\"" in lines
-    assert shlex.split(lines[-1])[:3] == ["exec", "batchspawner-singleuser", "jupyterhub-singleuser"]
+    assert shlex.split(lines[-1])[:3] == ["exec", "campushub-singleuser", "jupyterhub-singleuser"]
 
 
 def test_system_accounts_get_no_server():
@@ -152,17 +152,17 @@ def test_pending_reasons_in_plain_words(reason, start, words):
 @pytest.mark.parametrize(
     "runtime, gpus, expected",
     [
-        ("none", 1, ["batchspawner-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
+        ("none", 1, ["campushub-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
         ("apptainer", 2, ["apptainer", "exec", "--nv", "--bind", "/root", "--pwd", "/root", "/img/lab.sif",
-                          "batchspawner-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
+                          "campushub-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
         ("apptainer", 0, ["apptainer", "exec", "--bind", "/root", "--pwd", "/root", "/img/lab.sif",
-                          "batchspawner-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
+                          "campushub-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
         ("podman", 1, ["podman", "run", "--rm", "--network=host", "--userns=keep-id", "--volume", "/root:/root",
                        "--workdir", "/root", "--env", "JUPYTERHUB_*", "--env", "CAMPUSHUB_*", "--env", "HOME",
                        "--env", "USER", "--device", "nvidia.com/gpu=all", "--env", "CUDA_VISIBLE_DEVICES",
-                       "/img/lab.sif", "batchspawner-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
+                       "/img/lab.sif", "campushub-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
         ("pyxis", 1, ["srun", "--export=ALL", "--container-image=/img/lab.sif", "--container-mounts=/root:/root",
-                      "--container-workdir=/root", "batchspawner-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
+                      "--container-workdir=/root", "campushub-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
     ],
 )  # fmt: skip
 def test_the_server_command_in_each_container_runtime(runtime, gpus, expected):

@@ -1,6 +1,9 @@
 """The CampusHub Lab extension: its jupyter server extension (the Lab front-end comes later)."""
 
+import os
+
 from .activity import watch_busy_kernels
+from .portreport import ENABLED, report_port
 
 __version__ = "0.1.0"
 
@@ -11,3 +14,9 @@ def _jupyter_server_extension_points():
 
 def _load_jupyter_server_extension(serverapp):
     watch_busy_kernels(serverapp)
+
+
+async def _start_jupyter_server_extension(serverapp):
+    # runs once the event loop runs, after the HTTP server has bound its port
+    if os.environ.get(ENABLED):
+        await report_port(serverapp)
