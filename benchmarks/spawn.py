@@ -433,11 +433,11 @@ def results_table(res: dict) -> str:
 PHASES = [
     ("request", "submit", "request → sbatch runs (hub, sudo)"),
     ("submit", "launched", "sbatch → batch script launched on the node (Slurm)"),
-    ("launched", "reported", "launch → port reported (Python start of batchspawner-singleuser, its imports, the report)"),
-    ("reported", "listening", "port reported → jupyterhub-singleuser listening (the server's own start)"),
-    ("listening", "spawned", "listening → the hub's HTTP check passes (JupyterHub's backoff)"),
+    ("launched", "listening", "launch → the server listens (its own start; stock reports its port first)"),
+    ("listening", "spawned", "listening → the hub's HTTP check passes (CampusHub: the port report, then one check)"),
     ("spawned", "ready", "check passed → ready (proxy route, the answer)"),
-    ("reported", "noticed", "meanwhile: port reported → the spawner's start() returns (its poll interval)"),
+    ("launched", "reported", "meanwhile: launch → port reported"),
+    ("reported", "noticed", "meanwhile: port reported → the spawner's start() returns"),
 ]
 
 
@@ -537,7 +537,8 @@ def cpu_lines(res: dict) -> list[str]:
     per = {b: _median_of(res[b]["sequential"], "cpu") for b in ("campushub", "stock", "floor")}
     lines = [
         f"- CPU time of one server start, until ready (median): {fmt(per['campushub'])} s in a CampusHub job, "
-        f"{fmt(per['stock'])} s in a stock job (both: batchspawner-singleuser + jupyterhub-singleuser), "
+        f"{fmt(per['stock'])} s in a stock job (campushub-singleuser or batchspawner-singleuser, then "
+        "jupyterhub-singleuser), "
         f"{fmt(per['floor'])} s for the bare jupyterhub-singleuser. {n} such starts need at least "
         f"{fmt(None if per['campushub'] is None else n * per['campushub'] / cores)} s on {cores} cores "
         "before anything else runs.",
@@ -640,7 +641,8 @@ itself, also when it fails:
   - **stock**: plain `jupyterhub -f CONFIG` with `batchspawner.SlurmSpawner` 1.3.0 and the same
     resources (`req_partition=gpu`, `req_nprocs=1`, `req_memory=1G`, `req_runtime=01:00:00`,
     `req_srun=''` so that the server is the batch step itself, as with CampusHub), the same
-    single-user environment, `SLURM_CONF` through `env_keep`, the same `start_timeout`,
+    single-user environment (to which `make bench` adds batchspawner's `batchspawner-singleuser`),
+    `SLURM_CONF` through `env_keep`, the same `start_timeout`,
     `http_timeout` and `default_url` as CampusHub, and the hub's own proxy. Its config imports
     nothing of CampusHub. Both hubs log users in with a shared password.
 - **Spawn to ready** is the time from `POST /hub/api/users/NAME/server` until the hub says the
@@ -681,60 +683,47 @@ DOC_TAIL = """\
 Read with the phase table above. One spawn, in order:
 
 1. **The hub and sbatch** (tens of milliseconds): the request, then the spawner's
-   `sudo -u USER sbatch`.
+   `sudo -u USER sbatch` (CampusHub first creates the job's log folder, one more sudo).
 2. **Slurm** (a few tenths of a second): slurmctld schedules the job at submission or at its next
    scheduling pass, and slurmd launches the batch script. On a production cluster the queue wait
    comes here, and it outweighs everything else.
-3. **The port report** (about a second): the job's Python starts `batchspawner-singleuser`, which
-   imports `jupyterhub.services.auth` and `requests` and reports a free port to the hub before it
-   starts the server. The server then runs in the same process and reuses these imports, so this
-   second is only partly extra.
-4. **The server's own start** (the largest part, and the floor itself): Jupyter Server, JupyterLab
+3. **The server's own start** (the largest part, and the floor itself): Jupyter Server, JupyterLab
    and the hub extension load. It is CPU-bound: one start uses nearly as much CPU time as it takes
-   (the CPU line above). It is the same for both spawners.
-5. **The hub's HTTP check.** When the spawner's `start()` returns an address, JupyterHub polls the
-   server with full-jitter exponential backoff (random waits of up to 0.2, 0.4, 0.8, 1.6 and 3.2 s,
-   then 5 s). `start()` returns soon after the port report, seconds before the server listens, so
-   by the time the server answers the waits have grown long, and the hub finds the server a random
-   fraction of a second to a few seconds late. This wait is a large part of the spread between p50
-   and p95 for one user (the slowest runs lost 2 to 4.5 s to it), and both spawners pay it.
-6. **Ready**: adding the proxy route and answering take about 10 ms.
+   (the CPU line above), and it is the same for both spawners.
+4. **The port report and the hub's HTTP check.** Here the two spawners differ.
+   - Stock: `batchspawner-singleuser` reports a free port to the hub first, then starts the server
+     in the same process. Its `start()` returns about a second after launch, seconds before the
+     server listens, and JupyterHub then polls the server with full-jitter exponential backoff
+     (random waits of up to 0.2, 0.4, 0.8, 1.6 and 3.2 s, then 5 s): by the time the server
+     answers the waits have grown long, and the hub finds it a random fraction of a second to a
+     few seconds late.
+   - CampusHub: `campushub-singleuser` picks the free port and starts the server; the
+     `campushub_lab` server extension reports the port only once the server listens, and the
+     report wakes the spawner's `start()` at once (no polling for the port). The hub's first HTTP
+     check passes: the "listening → check passes" row is a few hundredths of a second.
+5. **Ready**: adding the proxy route and answering take about 10 ms.
 
-**The poll interval.** While a server starts, CampusHub checks its job every 1.0 s
-(`spawner.slurm.poll_interval`), stock batchspawner every 0.5 s (`startup_poll_interval`). After
-the port report, CampusHub's `start()` returns later than stock's (the last row of the phase table),
-but that happens while the server is still starting: with either interval the hub's check begins
-before the server can answer, so the interval does not delay readiness here. It would matter only
-for servers that start within a fraction of a second after their port report. The two spawners
-also poll different things: stock asks Slurm only until the job runs and then waits for the port
-without asking anything (so a job that dies then leaves its spawn hanging until `start_timeout`);
-CampusHub keeps running `sudo -u USER squeue` every interval until the port arrives, so that such a
-job fails the spawn at once. Each check is another sudo and squeue process on the hub host and
-another request to slurmctld; with 20 servers starting on 2 cores the wait for the ports lasts many
-seconds, and CampusHub's hub uses somewhat more CPU than stock's while servers start (the hub CPU
-line above), part of it for these checks. A shorter interval would shorten the last row of the
-phase table and, in these measurements, nothing else. On a real deployment the hub host does not
-share its cores with the servers, so the checks cost hub and slurmctld time, not server start time.
-
-**Against the floor.** For one user, spawn-to-ready exceeds the bare start by Slurm's launch, the
-port-report step (partly shared with the server's start) and the hub's check waiting, the largest
-and most random of the three. The most effective improvement would remove that wait: if the
-spawner's `start()` returned only once the server accepts connections on its port (a TCP probe
-every 0.1 s, within `start_timeout`), the hub's first HTTP check would pass at once, saving about
-the "listening → the hub's HTTP check passes" row on every spawn, with no change to Slurm or
-JupyterHub.
+**Checks while a server starts.** Stock batchspawner asks Slurm only until the job runs, then waits
+for the port without asking anything, so a job that dies then leaves its spawn hanging until
+`start_timeout`. CampusHub keeps checking the job (`sudo -u USER squeue`) while it waits for the
+port, so that such a spawn fails at once: after 3 poll intervals, then at doubling intervals up to
+10. Each check is a sudo and an squeue on the hub host; with 20 servers starting on 2 cores they
+are why CampusHub's hub uses somewhat more CPU than stock's (the hub CPU line above). On a real
+deployment the hub host does not share its cores with the servers.
 
 **Many users at once.** Twenty servers starting together on 2 cores share the CPU: they need at
 least 20 times the CPU time of one start, divided by 2 cores (the CPU line), and the hubs, their
 Slurm commands, slurmctld and the proxies take their share on top. The servers progress together
-and become ready within seconds of each other, so p50 and p95 are close. On a real cluster each
-server starts on its node's own cores, and the figure depends mostly on the queue and on the hub.
+and finish loading within a second or two of each other; CampusHub's are ready as soon as they
+listen, so its p50 and p95 are nearly equal, while stock's spread over the hub's backoff. On a
+real cluster each server starts on its node's own cores, and the figure depends mostly on the
+queue and on the hub.
 
 **Caveats.** One 2-core machine runs everything, and other work may have run on it at the same
-time (the load averages above). With 10 runs, p95 lies between the two slowest runs. Differences
-of a few tenths of a second between CampusHub and stock are within run-to-run noise (the bootstrap
-intervals above): repeated runs on this machine moved each one-user p50 by up to a second, and
-the floor with it, so the ratio to the floor is the least stable figure here.
+time (the load averages above). With 10 runs, p95 lies between the two slowest runs. Repeated
+runs on this machine moved each one-user p50 by up to a second, and the floor with it, so the
+ratio to the floor is the least stable figure here; the concurrent rounds of one hub differ by a
+few seconds from round to round.
 """
 
 
@@ -787,9 +776,9 @@ class Bench:
         for tool in ("slurmctld", "slurmd", "sudo", "runuser"):
             if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
                 raise BenchError(f"{tool} is not installed (make test-system-packages)")
-        for tool in ("jupyterhub-singleuser", "batchspawner-singleuser"):
+        for tool in ("jupyterhub-singleuser", "campushub-singleuser", "batchspawner-singleuser"):
             if not (self.env / "bin" / tool).exists():
-                raise BenchError(f"{self.env}/bin/{tool} is missing (make singleuser-env)")
+                raise BenchError(f"{self.env}/bin/{tool} is missing (make bench installs it)")
         if not CHP.exists():
             raise BenchError(f"{CHP} is missing (make install)")
         n = len(self.users)

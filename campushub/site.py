@@ -209,7 +209,11 @@ class SlurmSettings(Section):
     )
     container: ContainerSettings = Field({}, description="Run the server in a container inside the job.")
     poll_interval: float = Field(
-        1.0, gt=0, le=60, description="Seconds between job-state checks while a server is starting."
+        1.0,
+        gt=0,
+        le=60,
+        description="Seconds between job-state checks while a server's job is pending; while the server "
+        "loads, its job is checked after 3 intervals, then at doubling intervals up to 10.",
     )
 
     @field_validator("submit_prefix")

@@ -360,9 +360,10 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
 
     async def submit_batch_script(self) -> str:
         env = self.get_env()
-        rc, _, err = await self.run_as_user("mkdir", "-p", "-m", "0700", self.log_dir, env=env)
-        if rc != 0:
-            raise SpawnError(f"Could not create the job log folder {self.log_dir}: {err.strip()}")
+        if not os.path.isdir(self.log_dir):  # a returning user's folder is there: spare the sudo
+            rc, _, err = await self.run_as_user("mkdir", "-p", "-m", "0700", self.log_dir, env=env)
+            if rc != 0:
+                raise SpawnError(f"Could not create the job log folder {self.log_dir}: {err.strip()}")
         args = self.sbatch_args()
         self.log.info("Submitting server job for %s: %s", self.user.name, shlex.join(args))
         rc, out, err = await self.run_as_user(*args, input=self.render_batch_script(), env=env)
@@ -470,16 +471,19 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                 raise error
             await asyncio.sleep(self.startup_poll_interval)
         self.ip = self.state_gethost()
-        # The port report (PortReportHandler) wakes us; meanwhile, check that the job still runs, every
-        # third poll interval: each check costs the hub a sudo and an squeue, times every starting user.
+        # The port report (PortReportHandler) wakes us. Meanwhile, check that the job still runs: after 3
+        # poll intervals, then twice as long each time, up to 10. Each check costs the hub a sudo and an
+        # squeue, times every starting user, and a job that fails mostly fails right at its start.
+        wait = 3 * self.startup_poll_interval
         while not self.port:
             try:
-                await asyncio.wait_for(self._port_reported.wait(), 3 * self.startup_poll_interval)
+                await asyncio.wait_for(self._port_reported.wait(), wait)
             except asyncio.TimeoutError:
                 if await self.query_job_status() == JobStatus.NOTFOUND:
                     error = await self.job_ended_error(job_id, "before its server started")
                     self.clear_state()
                     raise error
+                wait = min(2 * wait, 10 * self.startup_poll_interval)
         self.log.info("Server job %s of %s runs at %s:%s", job_id, self.user.name, self.ip, self.port)
         self.last_stop = {}
         return self.ip, self.port

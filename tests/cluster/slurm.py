@@ -158,6 +158,13 @@ PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
         out = self.cmd("squeue", "-h", "-t", "PD,R,CG,CF", "-o", "%i|%u|%T|%j").stdout
         return [dict(zip(("id", "user", "state", "name"), line.split("|"))) for line in out.splitlines()]
 
+    def munge_away(self) -> None:
+        """Hide munged's socket: every Slurm command fails with an authentication error until munge_back()."""
+        self.munge_socket.rename(self.munge_socket.with_name("munge.socket.away"))
+
+    def munge_back(self) -> None:
+        self.munge_socket.with_name("munge.socket.away").rename(self.munge_socket)
+
     def jobs_of(self, user: str) -> list[dict]:
         return [j for j in self.jobs() if j["user"] == user]
 

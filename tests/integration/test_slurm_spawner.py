@@ -49,6 +49,13 @@ def job_of(hub, slurm, user) -> dict:
     return jobs[0]
 
 
+def running_job(hub, slurm, tokens, user) -> str:
+    """The id of the user's server job, started first if the user has no ready server."""
+    if not (hub.server(user, tokens[user]) or {}).get("ready"):
+        hub.spawn_and_wait(user, tokens[user])
+    return job_of(hub, slurm, user)["id"]
+
+
 def server_pid(slurm, job_id: str) -> int:
     for pid in slurm.job_pids(job_id):
         try:
@@ -99,10 +106,7 @@ def test_two_users_get_their_own_jobs_and_servers(hub, slurm, unix_users, tokens
 
 def test_hub_restart_keeps_servers_and_cuts_no_request(hub, slurm, tokens):
     users = ["chub-alice", "chub-bob"]
-    for user in users:
-        if not (hub.server(user, tokens[user]) or {}).get("ready"):
-            hub.spawn_and_wait(user, tokens[user])
-    jobs_before = {u: job_of(hub, slurm, u)["id"] for u in users}
+    jobs_before = {u: running_job(hub, slurm, tokens, u) for u in users}
 
     results: list[int | str] = []
     stop = threading.Event()
@@ -140,19 +144,15 @@ def test_a_failing_squeue_drops_no_server(hub, slurm, tokens):
     """squeue fails with 'Protocol authentication error' while munge's socket is away; stock
     batchspawner 1.3.0 reads any such unknown error as "job gone" and drops the server."""
     user = "chub-alice"
-    if not (hub.server(user, tokens[user]) or {}).get("ready"):
-        hub.spawn_and_wait(user, tokens[user])
-    job = job_of(hub, slurm, user)["id"]
-    socket = slurm.munge_socket
-    hidden = socket.with_name("munge.socket.hidden")
-    socket.rename(hidden)
+    job = running_job(hub, slurm, tokens, user)
+    slurm.munge_away()
     try:
         # each failing squeue takes about 4 s (munge retries): allow several hub polls
         time.sleep(POLL_INTERVAL * 4)
         failing = slurm.cmd("squeue", "-h", "-j", job, check=False)
         assert failing.returncode != 0 and "authentication" in failing.stderr
     finally:
-        hidden.rename(socket)
+        slurm.munge_back()
     assert "Could not query job" in hub.log_tail(400)
     assert hub.server(user, tokens[user])["ready"]
     assert hub.user_get(user, "api/status", tokens[user]).status_code == 200
@@ -161,9 +161,7 @@ def test_a_failing_squeue_drops_no_server(hub, slurm, tokens):
 
 def test_stop_cancels_the_job(hub, slurm, tokens):
     user = "chub-bob"
-    if not (hub.server(user, tokens[user]) or {}).get("ready"):
-        hub.spawn_and_wait(user, tokens[user])
-    job = job_of(hub, slurm, user)["id"]
+    job = running_job(hub, slurm, tokens, user)
     hub.stop_server(user, tokens[user])
     wait_for(lambda: slurm.job_state(job) in ("GONE", "CANCELLED", "COMPLETED"), 30, f"job {job} to end")
     assert not slurm.jobs_of(user)
@@ -173,20 +171,16 @@ def test_a_failing_scancel_is_tried_again(hub, slurm, tokens):
     """The hub forgets a server once its stop returns: a cancel that fails while munge is briefly
     away must be tried again, or the job would run on, unseen, until its time limit."""
     user = "chub-bob"
-    if not (hub.server(user, tokens[user]) or {}).get("ready"):
-        hub.spawn_and_wait(user, tokens[user])
-    job = job_of(hub, slurm, user)["id"]
-    socket = slurm.munge_socket
-    hidden = socket.with_name("munge.socket.hidden")
+    job = running_job(hub, slurm, tokens, user)
     failed = f"scancel {job} failed (attempt 1 of"
 
     def bring_munge_back():
         try:
             wait_for(lambda: failed in hub.log_tail(400), 60, "the first scancel to fail")
         finally:
-            hidden.rename(socket)
+            slurm.munge_back()
 
-    socket.rename(hidden)
+    slurm.munge_away()
     back = threading.Thread(target=bring_munge_back)
     back.start()
     try:
@@ -199,9 +193,7 @@ def test_a_failing_scancel_is_tried_again(hub, slurm, tokens):
 
 def test_job_killed_with_scancel_shows_stopped_within_poll_interval(hub, slurm, tokens):
     user = "chub-alice"
-    if not (hub.server(user, tokens[user]) or {}).get("ready"):
-        hub.spawn_and_wait(user, tokens[user])
-    job = job_of(hub, slurm, user)["id"]
+    job = running_job(hub, slurm, tokens, user)
     slurm.cmd("scancel", job)
     wait_for(lambda: slurm.job_state(job) != "RUNNING", 30, f"job {job} to end")
     ended = time.monotonic()
