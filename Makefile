@@ -61,7 +61,7 @@ $(SINGLEUSER_ENV)/.installed: images/singleuser-requirements.txt $(LAB_EXTENSION
 clean:
 	rm -rf $(VENV) campushub-state
 
-# Spawn-to-ready benchmark (as root, about 10 minutes): CampusHub's Slurm spawner vs stock batchspawner
+# Spawn-to-ready benchmark (as root, about 13 minutes): CampusHub's Slurm spawner vs stock batchspawner
 # vs a bare jupyterhub-singleuser, on a throwaway Slurm cluster. BENCH_ARGS="--write docs/benchmarks.md"
 # refreshes the results page.
 BENCH_ARGS ?=

@@ -594,8 +594,8 @@ def results_block(res: dict) -> str:
         *verdicts(res),
         "",
         "Where the time of one spawn goes, from the hub's, Slurm's and the job's logs (each phase's median "
-        "is taken separately, so they add up to the total only roughly; the last row runs in parallel with "
-        "the server's own start):",
+        "is taken separately, so they add up to the total only roughly; the two \"meanwhile\" rows overlap "
+        "the others):",
         "",
         phase_table(res),
         "",
@@ -653,8 +653,8 @@ itself, also when it fails:
   per hub. CampusHub, stock and the floor take turns in a rotating order, so that noise on the
   machine falls on all three alike.
 - **Concurrent**: 20 users send their spawn requests at once (released together by a barrier);
-  each user's time is measured from its own request. The hubs take turns (A B B A when there are
-  two rounds each).
+  each user's time is measured from its own request, 4 rounds per hub. The hubs take turns
+  (A B B A A B B A), so that drift on the machine falls on both alike.
 - **Floor**: `jupyterhub-singleuser` from the same environment, started as the same user
   (`runuser -u USER --`) with the environment a hub gives it (taken from the warm-up server's
   process in its Slurm job, with a port of its own and a valid token), timed from exec until its
@@ -985,12 +985,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=10, help="sequential spawns per hub, and floor starts (default 10)")
     p.add_argument("--users", type=int, default=20, help="users spawning at once (default 20)")
-    p.add_argument("--concurrent-rounds", type=int, default=2,
-                   help="concurrent rounds per hub, in the order A B B A ... (default 2)")  # fmt: skip
+    p.add_argument("--concurrent-rounds", type=int, default=4,
+                   help="concurrent rounds per hub, in the order A B B A ... (default 4)")  # fmt: skip
     p.add_argument("--spawn-timeout", type=float, default=180, help="seconds one spawn may take (default 180)")
-    p.add_argument("--max-minutes", type=float, default=15,
+    p.add_argument("--max-minutes", type=float, default=20,
                    help="time budget: past it, further concurrent rounds are skipped, and a run still in its "
-                   "sequential part gives up and cleans up (default 15)")  # fmt: skip
+                   "sequential part gives up and cleans up (default 20)")  # fmt: skip
     p.add_argument("--campushub-poll-interval", type=float, default=None,
                    help="spawner.slurm.poll_interval for CampusHub (default: the site default, 1.0 s)")  # fmt: skip
     p.add_argument("--singleuser-env", default=os.environ.get("CAMPUSHUB_TEST_SINGLEUSER_ENV", "/opt/campushub/test-singleuser"),
