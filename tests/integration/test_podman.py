@@ -78,7 +78,9 @@ def container_server_pid(uid: int) -> int:
             continue
         try:
             argv = (entry / "cmdline").read_text().split("\0")
-            if entry.stat().st_uid != uid or "jupyterhub-singleuser" not in argv[1:3] or "podman" in argv[0]:
+            # python .../bin/jupyterhub-singleuser ARGS (campushub-singleuser has exec'd it)
+            server = len(argv) > 1 and os.path.basename(argv[1]) == "jupyterhub-singleuser"
+            if entry.stat().st_uid != uid or not server or "podman" in argv[0]:
                 continue
             if os.readlink(entry / "ns" / "mnt") != ours:
                 return int(entry.name)
