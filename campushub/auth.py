@@ -88,6 +88,10 @@ class CampusOIDCAuthenticator(GenericOAuthenticator):
             raise RuntimeError(f"{url} names another issuer: {config.get('issuer')!r}")
         return config
 
+    @cached_property
+    def identities(self) -> Identities:
+        return Identities(self.identities_db)
+
     @default("authorize_url")
     def _authorize_url(self):
         return self.discovery["authorization_endpoint"]
@@ -106,7 +110,7 @@ class CampusOIDCAuthenticator(GenericOAuthenticator):
     async def update_auth_model(self, auth_model):
         user_info = auth_model["auth_state"][self.user_auth_state_key]
         subject = str(user_info.get("sub", ""))
-        if not subject or not Identities(self.identities_db).claim(auth_model["name"], self.issuer, subject):
+        if not subject or not self.identities.claim(auth_model["name"], self.issuer, subject):
             raise web.HTTPError(
                 403, "%s", f"The user name {auth_model['name']!r} belongs to another campus identity: "
                 "two identities never share an account. Ask your administrators."

@@ -26,6 +26,8 @@ class SiteError(Exception):
 
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+GroupName = Annotated[str, Field(min_length=1, max_length=255)]
+Url = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
 
 
 class Section(Model):
@@ -74,10 +76,6 @@ class HubSettings(Section):
 
 class ProxySettings(Section):
     api_port: Port = Field(8001, description="Port of the proxy's REST API on 127.0.0.1 (the hub talks to it).")
-
-
-GroupName = Annotated[str, Field(min_length=1, max_length=255)]
-Url = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
 
 
 class OIDCSettings(Section):

@@ -148,14 +148,25 @@ def parse_port_report(body: bytes) -> int:
     return port
 
 
+# What the spawner asks squeue of its job: state, host, expected start and pending reason. The
+# reason comes last: it may hold spaces ("ReqNodeNotAvail, UnavailableNodes:...").
+SQUEUE_FORMAT = "%T|%B|%S|%r"
+
+
+def squeue_fields(line: str) -> tuple[str, str, str, str]:
+    """A SQUEUE_FORMAT line: (state, host, start, reason); missing fields are empty."""
+    fields = line.split("|", 3)
+    return tuple(fields + [""] * (4 - len(fields)))  # type: ignore[return-value]
+
+
 def classify_squeue(returncode: int, out: str, err: str) -> tuple[JobStatus, str]:
-    """Read `squeue -h -j ID --states=all -o '%T %B'`: (status, the state line or the error).
+    """Read `squeue -h -j ID --states=all -o SQUEUE_FORMAT`: (status, the job's line or the error).
 
     NOTFOUND only when Slurm says so; any other failure of the query is UNKNOWN.
     """
     if returncode == 0:
         line = (out.strip().splitlines() or [""])[-1].strip()
-        state = line.split()[0] if line else ""
+        state = squeue_fields(line)[0]
         if state in RUNNING_STATES:
             return JobStatus.RUNNING, line
         if state in PENDING_STATES:
@@ -229,6 +240,11 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             )
         except ProfileError as e:
             raise web.HTTPError(400, "%s", str(e)) from None
+
+    @property
+    def job_request(self) -> SpawnRequest:
+        """This spawn's request; without user_options, the default profile's."""
+        return self.request or self.resolve({})
 
     @default("apply_user_options")
     def _apply_profile(self):
@@ -315,7 +331,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
 
     def sbatch_args(self) -> list[str]:
         account = self.unix_account()
-        request = self.request or self.resolve({})
+        request = self.job_request
         args = [
             "sbatch", "--parsable",
             f"--job-name=jupyter-{self.user.name}",
@@ -336,7 +352,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         return args
 
     def render_batch_script(self) -> str:
-        request = self.request or self.resolve({})
+        request = self.job_request
         lines = [
             "#!/bin/bash",
             "set -eu",
@@ -380,7 +396,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             self.job_status = ""
             return JobStatus.NOTFOUND
         try:
-            rc, out, err = await self.run_as_user("squeue", "-h", "-j", self.job_id, "--states=all", "-o", "%T %B")
+            rc, out, err = await self.run_as_user("squeue", "-h", "-j", self.job_id, "--states=all", "-o", SQUEUE_FORMAT)
         except (OSError, asyncio.TimeoutError) as e:
             rc, out, err = -1, "", str(e) or type(e).__name__
         status, text = classify_squeue(rc, out, err)
@@ -391,6 +407,9 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             self.job_status = text
         return status
 
+    def state_gethost(self) -> str:
+        return squeue_fields(self.job_status)[1]
+
     async def poll(self):
         status = await self.query_job_status()
         if status in (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.UNKNOWN):
@@ -398,7 +417,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         if self.job_status.startswith("COMPLETING"):
             return None  # ending: its final state (TIMEOUT, CANCELLED ...) comes at the next poll
         if self.job_id:
-            state = (self.job_status.split() or ["GONE"])[0]
+            state = squeue_fields(self.job_status)[0] or "GONE"
             reason = END_REASONS.get(state, "Slurm no longer knows the job")
             self.last_stop = {"job_id": self.job_id, "state": state, "reason": reason}
             self.log.info("Server job %s of %s ended: %s (%s)", self.job_id, self.user.name, reason, state)
@@ -436,7 +455,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         return out.rstrip() if rc == 0 else f"(could not read {path}: {err.strip()})"
 
     async def job_ended_error(self, job_id: str, when: str) -> SpawnError:
-        state = (self.job_status.split() or ["ENDED"])[0]
+        state = squeue_fields(self.job_status)[0] or "ENDED"
         tail = await self.job_log_tail(job_id)
         return SpawnError(
             f"Slurm job {job_id} ended ({state}) {when}. "
@@ -488,34 +507,24 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         self.last_stop = {}
         return self.ip, self.port
 
-    def get_args(self):
-        # The port was reported before the server binds it: if it is taken by then, the server must
-        # fail (and the spawn with it) rather than move to another port the hub does not know.
-        return [*super().get_args(), "--ServerApp.port_retries=0"]
-
     async def progress(self):
-        """Where the job is, in words, refreshed every progress_interval seconds while it waits."""
+        """Where the job is, in words, refreshed every progress_interval seconds while it waits.
+
+        It reads the job's line that start() keeps fresh (every poll interval): no query of its own."""
         last = None
         while True:
+            state, host, start, reason = squeue_fields(self.job_status)
             if not self.job_id:
                 message = "Submitting your server's job to Slurm"
+            elif state in PENDING_STATES:
+                message = f"Job {self.job_id}: " + pending_message(reason, start, self.request)
+            elif state in RUNNING_STATES:
+                yield {"message": f"Job {self.job_id} is running on {host}: starting JupyterLab"}
+                return
+            elif state:
+                return  # ended: start() reports why
             else:
-                try:
-                    rc, out, _ = await self.run_as_user(
-                        "squeue", "-h", "-j", self.job_id, "--states=all", "-o", "%T|%r|%S|%B"
-                    )
-                except (OSError, asyncio.TimeoutError):
-                    rc, out = -1, ""
-                fields = out.strip().split("|") if rc == 0 else []
-                if len(fields) != 4:
-                    message = f"Job {self.job_id} submitted; asking Slurm where it is"
-                elif fields[0] in PENDING_STATES:
-                    message = f"Job {self.job_id}: " + pending_message(fields[1], fields[2], self.request)
-                elif fields[0] in RUNNING_STATES:
-                    yield {"message": f"Job {self.job_id} is running on {fields[3]}: starting JupyterLab"}
-                    return
-                else:
-                    return  # ended: start() reports why
+                message = f"Job {self.job_id} submitted; asking Slurm where it is"
             if message != last:
                 yield {"message": message}
                 last = message

@@ -19,6 +19,7 @@ from campushub.spawners.slurm import (
     classify_squeue,
     parse_port_report,
     pending_message,
+    squeue_fields,
 )
 
 
@@ -63,14 +64,14 @@ MUNGE_DOWN = (
 @pytest.mark.parametrize(
     "rc, out, err, status",
     [
-        (0, "RUNNING node12\n", "", JobStatus.RUNNING),
-        (0, "PENDING n/a\n", "", JobStatus.PENDING),
-        (0, "CONFIGURING node12\n", "", JobStatus.PENDING),
-        (0, "FAILED node12\n", "", JobStatus.NOTFOUND),
-        (0, "TIMEOUT node12\n", "", JobStatus.NOTFOUND),
-        (0, "CANCELLED node12\n", "", JobStatus.NOTFOUND),
+        (0, "RUNNING|node12|2026-11-23T02:16:58|None\n", "", JobStatus.RUNNING),
+        (0, "PENDING|n/a|N/A|ReqNodeNotAvail, UnavailableNodes:node12\n", "", JobStatus.PENDING),
+        (0, "CONFIGURING|node12|2026-11-23T02:16:58|None\n", "", JobStatus.PENDING),
+        (0, "FAILED|node12|2026-11-23T02:16:58|NonZeroExitCode\n", "", JobStatus.NOTFOUND),
+        (0, "TIMEOUT|node12|2026-11-23T02:16:58|TimeLimit\n", "", JobStatus.NOTFOUND),
+        (0, "CANCELLED|node12|2026-11-23T02:16:58|None\n", "", JobStatus.NOTFOUND),
         (0, "", "", JobStatus.NOTFOUND),
-        (0, "SUSPENDED node12\n", "", JobStatus.UNKNOWN),
+        (0, "SUSPENDED|node12|2026-11-23T02:16:58|None\n", "", JobStatus.UNKNOWN),
         (1, "", "slurm_load_jobs error: Invalid job id specified\n", JobStatus.NOTFOUND),
         (1, "", MUNGE_DOWN, JobStatus.UNKNOWN),
         (1, "", "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n", JobStatus.UNKNOWN),
@@ -80,6 +81,15 @@ MUNGE_DOWN = (
 )
 def test_only_a_definite_answer_ends_a_job(rc, out, err, status):
     assert classify_squeue(rc, out, err)[0] == status
+
+
+def test_a_job_line_gives_state_host_start_and_reason():
+    line = "PENDING|n/a|N/A|ReqNodeNotAvail, UnavailableNodes:node12"
+    assert squeue_fields(line) == ("PENDING", "n/a", "N/A", "ReqNodeNotAvail, UnavailableNodes:node12")
+    assert squeue_fields("") == ("", "", "", "")
+    s = spawner()
+    s.job_status = "RUNNING|node12|2026-11-23T02:16:58|None"
+    assert s.state_gethost() == "node12"
 
 
 def spawner(**traits) -> SlurmSpawner:
@@ -152,17 +162,17 @@ def test_pending_reasons_in_plain_words(reason, start, words):
 @pytest.mark.parametrize(
     "runtime, gpus, expected",
     [
-        ("none", 1, ["campushub-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
+        ("none", 1, ["campushub-singleuser", "jupyterhub-singleuser"]),
         ("apptainer", 2, ["apptainer", "exec", "--nv", "--bind", "/root", "--pwd", "/root", "/img/lab.sif",
-                          "campushub-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
+                          "campushub-singleuser", "jupyterhub-singleuser"]),
         ("apptainer", 0, ["apptainer", "exec", "--bind", "/root", "--pwd", "/root", "/img/lab.sif",
-                          "campushub-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
+                          "campushub-singleuser", "jupyterhub-singleuser"]),
         ("podman", 1, ["podman", "run", "--rm", "--network=host", "--userns=keep-id", "--volume", "/root:/root",
                        "--workdir", "/root", "--env", "JUPYTERHUB_*", "--env", "CAMPUSHUB_*", "--env", "HOME",
                        "--env", "USER", "--device", "nvidia.com/gpu=all", "--env", "CUDA_VISIBLE_DEVICES",
-                       "/img/lab.sif", "campushub-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
+                       "/img/lab.sif", "campushub-singleuser", "jupyterhub-singleuser"]),
         ("pyxis", 1, ["srun", "--export=ALL", "--container-image=/img/lab.sif", "--container-mounts=/root:/root",
-                      "--container-workdir=/root", "campushub-singleuser", "jupyterhub-singleuser", "--ServerApp.port_retries=0"]),
+                      "--container-workdir=/root", "campushub-singleuser", "jupyterhub-singleuser"]),
     ],
 )  # fmt: skip
 def test_the_server_command_in_each_container_runtime(runtime, gpus, expected):
