@@ -58,11 +58,25 @@ def _tail(path: Path, lines: int) -> str:
         return f"(could not read {path}: {e})"
 
 
+CALL_FAILED = pytest.StashKey[bool]()
+
+
+def pytest_collection_modifyitems(items):
+    """tests/integration and tests/e2e carry the markers of their folder's name."""
+    for item in items:
+        folder = item.path.relative_to(Path(__file__).parent).parts[0]
+        if folder in ("integration", "e2e"):
+            item.add_marker(getattr(pytest.mark, folder))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A failing test's report carries the tails of the hub's and Slurm's logs, so that a failure
+    """A test's outcome goes into item.stash[CALL_FAILED] (the browser fixture screenshots a failure),
+    and a failing test's report carries the tails of the hub's and Slurm's logs, so that a failure
     seen only in CI can be understood from its output."""
     report = yield
+    if call.when == "call":
+        item.stash[CALL_FAILED] = report.failed
     if report.failed and call.when == "call":
         from tests.cluster.hub import RunningHub
 

@@ -189,11 +189,14 @@ class RunningHub:
         assert r.status_code in (202, 204), r.text
         wait_for(lambda: self.server(user, token) is None, timeout, f"{user}'s server to stop")
 
-    def user_get(self, user: str, path: str, token: str, **kw) -> requests.Response:
+    def user_request(self, method: str, user: str, path: str, token: str, **kw) -> requests.Response:
         """A request through the proxy to a user's server."""
-        return requests.get(
-            f"{self.url}/user/{user}/{path}", headers={"Authorization": f"token {token}"}, timeout=30, **kw
+        return requests.request(
+            method, f"{self.url}/user/{user}/{path}", headers={"Authorization": f"token {token}"}, timeout=30, **kw
         )
+
+    def user_get(self, user: str, path: str, token: str, **kw) -> requests.Response:
+        return self.user_request("GET", user, path, token, **kw)
 
 
 @contextmanager

@@ -168,6 +168,22 @@ PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
     def jobs_of(self, user: str) -> list[dict]:
         return [j for j in self.jobs() if j["user"] == user]
 
+    def job_of(self, user: str) -> dict:
+        """The user's one job (a failed assertion if there is none or more)."""
+        jobs = self.jobs_of(user)
+        assert len(jobs) == 1, f"expected one job of {user}: {jobs}"
+        return jobs[0]
+
+    def server_pid(self, job_id: str) -> int:
+        """The job's jupyterhub-singleuser process."""
+        for pid in self.job_pids(job_id):
+            try:
+                if b"jupyterhub-singleuser" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+            except FileNotFoundError:
+                continue
+        raise AssertionError(f"no jupyterhub-singleuser process in job {job_id}")
+
     def job_state(self, job_id: str) -> str:
         out = self.cmd("squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip()
         return out or "GONE"

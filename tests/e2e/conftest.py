@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CALL_FAILED
+
 CHROMIUM = Path("/usr/bin/chromium")
 # The flags that let Chromium run headless as root in a container.
 CHROMIUM_FLAGS = [
@@ -24,23 +26,6 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/e2e" in str(item.fspath):
-            item.add_marker(pytest.mark.e2e)
-
-
-CALL_FAILED = pytest.StashKey[bool]()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    report = yield
-    if report.when == "call":
-        item.stash[CALL_FAILED] = report.failed
-    return report
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The integration marker and the test users; the shared session fixtures (root_required, slurm,
+"""The test users; the shared session fixtures (root_required, slurm,
 singleuser_env) are in tests/conftest.py."""
 
 from __future__ import annotations
@@ -8,12 +8,6 @@ import pytest
 from tests.cluster.users import create_users, remove_user
 
 USERS = ["chub-alice", "chub-bob", "chub-carol", "chub-dave", "chub-erin", "chub-frank", "chub-ops"]
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/integration" in str(item.fspath):
-            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

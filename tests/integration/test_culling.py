@@ -15,7 +15,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-import requests
 import websocket
 from jupyterhub.scopes import expand_scopes
 
@@ -53,18 +52,6 @@ def hub(slurm, unix_users, singleuser_env, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tokens(hub, unix_users):
     return {name: hub.token(name) for name in (IDLE, BUSY)}
-
-
-def user_request(hub, method: str, user: str, path: str, token: str, **kw) -> requests.Response:
-    """A request through the proxy to a user's server."""
-    headers = {"Authorization": f"token {token}"}
-    return requests.request(method, f"{hub.url}/user/{user}/{path}", headers=headers, timeout=30, **kw)
-
-
-def job_id(slurm, user: str) -> str:
-    jobs = slurm.jobs_of(user)
-    assert len(jobs) == 1, f"expected one job of {user}: {jobs}"
-    return jobs[0]["id"]
 
 
 def run_silently(hub, user: str, token: str, kernel: str, code: str) -> None:
@@ -113,25 +100,15 @@ def timeline(hub, slurm, tokens):
         events = hub.progress(user, tokens[user], timeout=120)
         assert events[-1].get("ready"), f"spawn of {user} failed: {events}\n{hub.log_tail()}"
         t[f"ready:{user}"] = time.monotonic()
-    t["jobs"] = {user: job_id(slurm, user) for user in (IDLE, BUSY)}
+    t["jobs"] = {user: slurm.job_of(user)["id"] for user in (IDLE, BUSY)}
 
-    r = user_request(hub, "POST", BUSY, "api/kernels", tokens[BUSY], json={"name": "python3"})
+    r = hub.user_request("POST", BUSY, "api/kernels", tokens[BUSY], json={"name": "python3"})
     assert r.status_code == 201, r.text
     t["kernel"] = r.json()["id"]
     run_silently(hub, BUSY, tokens[BUSY], t["kernel"], "import time; time.sleep(300)")
     t["quiet"] = time.monotonic()
     t["quiet_wall"] = datetime.now(timezone.utc)
     return t
-
-
-def server_pid(slurm, job: str) -> int:
-    for pid in slurm.job_pids(job):
-        try:
-            if b"jupyterhub-singleuser" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
-        except FileNotFoundError:
-            continue
-    raise AssertionError(f"no jupyterhub-singleuser process in job {job}")
 
 
 def hub_last_activity(hub, user: str, token: str) -> datetime:
@@ -193,7 +170,7 @@ def test_server_with_a_busy_kernel_is_not_culled(hub, slurm, tokens, timeline):
     token = tokens[BUSY]
     job = timeline["jobs"][BUSY]
     # the servers report activity at the site's interval (the culler's precision)
-    assert environ_of(server_pid(slurm, job)).get("JUPYTERHUB_ACTIVITY_INTERVAL") == str(ACTIVITY_INTERVAL)
+    assert environ_of(slurm.server_pid(job)).get("JUPYTERHUB_ACTIVITY_INTERVAL") == str(ACTIVITY_INTERVAL)
     # only the hub's API is asked meanwhile: nothing reaches the server through the proxy
     while time.monotonic() < timeline["quiet"] + BUSY_FOR:
         server = hub.server(BUSY, token)
@@ -204,17 +181,17 @@ def test_server_with_a_busy_kernel_is_not_culled(hub, slurm, tokens, timeline):
     # the busy kernel was reported as activity, long after the last traffic
     assert hub_last_activity(hub, BUSY, token) > timeline["quiet_wall"] + timedelta(seconds=BUSY_FOR - IDLE_TIMEOUT)
     assert slurm.job_state(job) == "RUNNING"
-    r = user_request(hub, "GET", BUSY, f"api/kernels/{timeline['kernel']}", token)
+    r = hub.user_request("GET", BUSY, f"api/kernels/{timeline['kernel']}", token)
     assert r.status_code == 200 and r.json()["execution_state"] == "busy", r.text
 
 
 def test_server_is_culled_once_its_kernel_is_idle(hub, slurm, tokens, timeline):
     token, kernel = tokens[BUSY], timeline["kernel"]
     assert hub.server(BUSY, token), "culled while its kernel was busy"
-    r = user_request(hub, "POST", BUSY, f"api/kernels/{kernel}/interrupt", token)
+    r = hub.user_request("POST", BUSY, f"api/kernels/{kernel}/interrupt", token)
     assert r.status_code == 204, r.text
     wait_for(
-        lambda: user_request(hub, "GET", BUSY, f"api/kernels/{kernel}", token).json()["execution_state"] == "idle",
+        lambda: hub.user_request("GET", BUSY, f"api/kernels/{kernel}", token).json()["execution_state"] == "idle",
         30,
         "the interrupted kernel to be idle",
         1,

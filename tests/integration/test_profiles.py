@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -62,11 +61,7 @@ def short_job(hub, slurm, tokens):
 
 
 def server_env(slurm, user) -> dict:
-    (job,) = slurm.jobs_of(user)
-    for pid in slurm.job_pids(job["id"]):
-        if "jupyterhub-singleuser" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-            return environ_of(pid)
-    raise AssertionError(f"no server process in job {job['id']}")
+    return environ_of(slurm.server_pid(slurm.job_of(user)["id"]))
 
 
 def test_the_server_knows_when_its_time_ends(short_job, slurm):

@@ -43,28 +43,11 @@ def tokens(hub, unix_users):
     return {name: hub.token(name) for name in unix_users}
 
 
-def job_of(hub, slurm, user) -> dict:
-    jobs = slurm.jobs_of(user)
-    assert len(jobs) == 1, f"expected one job of {user}: {jobs}"
-    return jobs[0]
-
-
 def running_job(hub, slurm, tokens, user) -> str:
     """The id of the user's server job, started first if the user has no ready server."""
     if not (hub.server(user, tokens[user]) or {}).get("ready"):
         hub.spawn_and_wait(user, tokens[user])
-    return job_of(hub, slurm, user)["id"]
-
-
-def server_pid(slurm, job_id: str) -> int:
-    for pid in slurm.job_pids(job_id):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except FileNotFoundError:
-            continue
-        if "jupyterhub-singleuser" in cmdline:
-            return pid
-    raise AssertionError(f"no jupyterhub-singleuser process in job {job_id}")
+    return slurm.job_of(user)["id"]
 
 
 def test_two_users_get_their_own_jobs_and_servers(hub, slurm, unix_users, tokens):
@@ -74,10 +57,10 @@ def test_two_users_get_their_own_jobs_and_servers(hub, slurm, unix_users, tokens
         assert server["ready"]
 
     for user in (alice, bob):
-        job = job_of(hub, slurm, user)
+        job = slurm.job_of(user)
         assert job["state"] == "RUNNING"
         assert job["name"] == f"jupyter-{user}"
-        pid = server_pid(slurm, job["id"])
+        pid = slurm.server_pid(job["id"])
         assert uid_of(pid) == unix_users[user].pw_uid
         assert Path(f"/proc/{pid}/cwd").resolve() == Path(unix_users[user].pw_dir)
         # through the proxy, with the user's own token
@@ -86,7 +69,7 @@ def test_two_users_get_their_own_jobs_and_servers(hub, slurm, unix_users, tokens
 
     # each job reported its port once its server listened, and the hub has that port
     for user in (alice, bob):
-        job = job_of(hub, slurm, user)["id"]
+        job = slurm.job_of(user)["id"]
         log = (Path(unix_users[user].pw_dir) / ".campushub" / "logs" / f"jupyter-{job}.log").read_text()
         listening = re.search(r"is running at:\s*\n.*http://[^:/]+:(\d+)/user/", log)
         reported = re.search(r"CampusHub: reported port (\d+) to the hub", log)
@@ -136,7 +119,7 @@ def test_hub_restart_keeps_servers_and_cuts_no_request(hub, slurm, tokens):
     assert set(results) == {200}, [r for r in results if r != 200][:5]
     for user in users:
         assert hub.server(user, tokens[user])["ready"]
-        assert job_of(hub, slurm, user)["id"] == jobs_before[user]
+        assert slurm.job_of(user)["id"] == jobs_before[user]
         assert hub.user_get(user, "api/status", tokens[user]).status_code == 200
 
 
@@ -246,7 +229,7 @@ def test_port_report_accepts_only_a_port_from_the_pending_spawn(hub, slurm, unix
     r = hub.spawn(user, tokens[user])
     assert r.status_code == 202, r.text
     wait_for(lambda: [j for j in slurm.jobs_of(user) if j["state"] == "RUNNING"], 60, "dave's job")
-    job = job_of(hub, slurm, user)["id"]
+    job = slurm.job_of(user)["id"]
     # the server's own token, as the job holds it (the prologue still sleeps: the spawn is pending)
     pids = wait_for(lambda: slurm.job_pids(job), 10, "the job's processes")
     server_token = next(e["JUPYTERHUB_API_TOKEN"] for e in map(environ_of, pids) if "JUPYTERHUB_API_TOKEN" in e)
