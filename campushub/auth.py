@@ -1,47 +1,68 @@
-"""Campus login: OpenID Connect with issuer discovery, user names made safe, one identity per name,
-and the unix-account policy applied at login.
+"""Campus login: OpenID Connect (or GitHub) with strict user names, one identity per name, and the
+unix-account policy applied at login.
 
-- `CampusOIDCAuthenticator` is oauthenticator's GenericOAuthenticator plus what a campus needs:
-  endpoints discovered from the issuer, the username claim turned into a valid hub and unix name
-  (`unix_name`), and a refusal when a second identity maps to a name already taken.
-- `account_hook` checks (or creates) the user's unix account when they log in, so a missing account
-  is a clear page at login rather than a failed spawn later.
+- `unix_name` takes a claim as it is, lowercased, or refuses it: a name is never made up from a claim
+  by dropping or replacing characters, so two identities cannot be squeezed into one name.
+- `IdentityBinding` records which identity (issuer and subject, or GitHub's numeric id) owns each
+  name, and only after every check (blocked, allowed, the unix account) has passed.
+- `CampusOIDCAuthenticator` is oauthenticator's GenericOAuthenticator with endpoints discovered from
+  the issuer (without blocking the hub), admins by name held to the same allow checks as everyone,
+  and an optional restriction of the email domain.
+- `account_hook` checks (or creates) the user's unix account when they log in, so a missing or
+  unusable account is a clear page at login rather than a failed spawn later.
 """
 
 from __future__ import annotations
 
-import json
+import grp
 import os
 import pwd
 import re
 import sqlite3
 import subprocess
-import urllib.request
 from functools import cached_property
 
+from jupyterhub.utils import maybe_future
 from oauthenticator.generic import GenericOAuthenticator
+from oauthenticator.github import GitHubOAuthenticator
+from oauthenticator.oauth2 import OAuthenticator, OAuthLoginHandler
 from tornado import web
 from traitlets import Unicode, default
 
 NAME_MAX = 32  # useradd's limit
+NAME_RE = re.compile(rf"[a-z][a-z0-9._-]{{0,{NAME_MAX - 1}}}")
+NO_LOGIN_SHELLS = {"nologin", "false"}
 
 
-def unix_name(claim: object) -> str:
-    """The hub and unix user name for a username claim, by CampusHub's documented rule.
+def refuse(message: str) -> web.HTTPError:
+    return web.HTTPError(403, "%s", message)
 
-    An email address keeps its part before '@'; letters are lowercased; every run of characters
-    other than a-z, 0-9, '.', '_' and '-' becomes one '-'; leading and trailing separators go.
-    The result must start with a letter and have at most 32 characters, or the login is refused.
+
+def unix_name(claim: object, email_domain: str | None = None) -> str:
+    """The hub and unix user name for a username claim: the claim itself, lowercased.
+
+    With `email_domain`, a claim `name@<email_domain>` becomes `name`; an address at another domain
+    is refused. Any other claim that is not already a valid name (ASCII letters, digits, '.', '_', '-',
+    starting with a letter, at most 32 characters) is refused rather than changed.
     """
     if not isinstance(claim, str) or not claim.strip():
-        raise web.HTTPError(403, "Your identity provider sent no user name.")
-    text = claim.strip().split("@", 1)[0].lower()
-    name = re.sub(r"[^a-z0-9._-]+", "-", text).strip("-._")
-    if not re.fullmatch(r"[a-z][a-z0-9._-]*", name) or len(name) > NAME_MAX:
-        raise web.HTTPError(
-            403, "%s", f"The user name {claim!r} cannot be made into a campus account name "
-            f"(a letter, then letters, digits, '.', '_' or '-', at most {NAME_MAX}); ask your administrators."
-        )  # fmt: skip
+        raise refuse("Your identity provider sent no user name.")
+    text = claim
+    if email_domain and "@" in text:
+        local, _, domain = text.rpartition("@")
+        if domain.lower() != email_domain.lower():
+            raise refuse(
+                f"The user name {claim!r} is not an address at {email_domain}: only {email_domain} "
+                "accounts may use CampusHub."
+            )
+        text = local
+    name = text.lower()
+    if not text.isascii() or not NAME_RE.fullmatch(name):
+        raise refuse(
+            f"The user name {claim!r} is not a valid campus account name (a letter, then letters, digits, "
+            f"'.', '_' or '-', at most {NAME_MAX}, nothing else): CampusHub does not change names to fit. "
+            "Ask your administrators."
+        )
     return name
 
 
@@ -56,6 +77,11 @@ class Identities:
     def _db(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=10, isolation_level="IMMEDIATE")
 
+    def owner(self, name: str) -> tuple[str, str] | None:
+        with self._db() as db:
+            row = db.execute("SELECT issuer, subject FROM identities WHERE name = ?", (name,)).fetchone()
+        return tuple(row) if row else None
+
     def claim(self, name: str, issuer: str, subject: str) -> bool:
         """Record that the identity owns `name`; False if another identity owns it already."""
         with self._db() as db:
@@ -66,68 +92,149 @@ class Identities:
             return tuple(row) == (issuer, subject)
 
 
-class CampusOIDCAuthenticator(GenericOAuthenticator):
-    """Log in with the campus OpenID Connect provider (Keycloak, Entra ID, Google ...)."""
+class IdentityBinding(OAuthenticator):
+    """Binds each user name to one identity, after every allow and block check has passed.
 
-    issuer = Unicode(help="The provider's issuer URL; its endpoints are discovered from it.").tag(config=True)
+    The base of CampusHub's authenticators, before the provider's class; `identity()` says what
+    identifies a user at the provider.
+    """
+
     identities_db = Unicode(help="SQLite file recording which identity owns each user name.").tag(config=True)
-
-    @default("login_service")
-    def _login_service(self):
-        return "your campus account"
-
-    @cached_property
-    def discovery(self) -> dict:
-        url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as r:
-                config = json.load(r)
-        except (OSError, ValueError) as e:
-            raise RuntimeError(f"Cannot read the identity provider's configuration at {url}: {e}") from None
-        if config.get("issuer", "").rstrip("/") != self.issuer.rstrip("/"):
-            raise RuntimeError(f"{url} names another issuer: {config.get('issuer')!r}")
-        return config
 
     @cached_property
     def identities(self) -> Identities:
         return Identities(self.identities_db)
 
-    @default("authorize_url")
-    def _authorize_url(self):
-        return self.discovery["authorization_endpoint"]
+    def identity(self, auth_model: dict) -> tuple[str, str]:
+        raise NotImplementedError
 
-    @default("token_url")
-    def _token_url(self):
-        return self.discovery["token_endpoint"]
+    def user_info(self, auth_model: dict) -> dict:
+        return (auth_model.get("auth_state") or {}).get(self.user_auth_state_key) or {}
 
-    @default("userdata_url")
-    def _userdata_url(self):
-        return self.discovery["userinfo_endpoint"]
+    def _refuse_other_identity(self, name: str) -> web.HTTPError:
+        return refuse(
+            f"The user name {name!r} belongs to another identity: two identities never share an account. "
+            "Ask your administrators."
+        )
+
+    async def check_allowed(self, username, auth_model):
+        # oauthenticator lets every name in admin_users in, whatever its groups: here an admin by name
+        # must be allowed like any other user (admins by group are members of an allowed group anyway).
+        admin_by_group = bool(set(auth_model.get("groups") or []) & set(self.admin_groups))
+        if await super().check_allowed(username, dict(auth_model, admin=admin_by_group)):
+            return True
+        raise refuse(f"{username} may not use CampusHub: {self.who_may_log_in()}. Ask your administrators for access.")
+
+    def who_may_log_in(self) -> str:
+        return "it is open to the users and groups its administrators allowed"
+
+    async def run_post_auth_hook(self, handler, authentication):
+        name = authentication["name"]
+        issuer, subject = self.identity(authentication)
+        if not subject:
+            raise refuse("Your identity provider sent no subject (user id): the login cannot be bound to you.")
+        if self.identities.owner(name) not in (None, (issuer, subject)):
+            raise self._refuse_other_identity(name)
+        authentication = await super().run_post_auth_hook(handler, authentication)
+        if not self.identities.claim(name, issuer, subject):
+            raise self._refuse_other_identity(name)
+        return authentication
+
+
+class DiscoveringLoginHandler(OAuthLoginHandler):
+    async def get(self):
+        await self.authenticator.discover()
+        return super().get()
+
+
+class CampusOIDCAuthenticator(IdentityBinding, GenericOAuthenticator):
+    """Log in with the campus OpenID Connect provider (Keycloak, Entra ID, Google ...)."""
+
+    issuer = Unicode(help="The provider's issuer URL; its endpoints are discovered from it.").tag(config=True)
+    email_domain = Unicode(
+        "",
+        help="When set, a username claim 'name@<email_domain>' becomes 'name'; other domains are refused.",
+    ).tag(config=True)
+    allowed_email_domains = Unicode(
+        "",
+        help="Space-separated domains: the 'email' claim must be a verified address at one of them.",
+    ).tag(config=True)
+    login_handler = DiscoveringLoginHandler
+
+    @default("login_service")
+    def _login_service(self):
+        return "your campus account"
+
+    async def discover(self) -> None:
+        """Read the provider's endpoints from its discovery document, once, through the authenticator's
+        HTTP client (its CA bundle, proxies and timeouts apply)."""
+        if self.authorize_url and self.token_url and self.userdata_url:
+            return
+        url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        try:
+            config = await self.httpfetch(url, label="discovering the identity provider", method="GET")
+        except Exception as e:
+            self.log.error("Cannot read the identity provider's configuration at %s: %s", url, e)
+            raise web.HTTPError(
+                503, "%s", "The campus identity provider cannot be reached right now; try again in a minute."
+            ) from None
+        if str(config.get("issuer", "")).rstrip("/") != self.issuer.rstrip("/"):
+            self.log.error("%s names another issuer: %r", url, config.get("issuer"))
+            raise web.HTTPError(503, "%s", "The campus identity provider's configuration does not match this hub.")
+        self.authorize_url = self.authorize_url or config["authorization_endpoint"]
+        self.token_url = self.token_url or config["token_endpoint"]
+        self.userdata_url = self.userdata_url or config["userinfo_endpoint"]
+
+    async def authenticate(self, handler, data=None, **kwargs):
+        await self.discover()
+        return await super().authenticate(handler, data, **kwargs)
+
+    async def refresh_user(self, user, handler=None, **kwargs):
+        await self.discover()
+        return await super().refresh_user(user, handler, **kwargs)
+
+    def user_info_to_username(self, user_info):
+        return unix_name(super().user_info_to_username(user_info), self.email_domain or None)
+
+    def identity(self, auth_model):
+        return self.issuer, str(self.user_info(auth_model).get("sub") or "")
+
+    def who_may_log_in(self) -> str:
+        groups = ", ".join(sorted(self.allowed_groups)) or "none"
+        return f"it is open to members of these groups: {groups}"
+
+    async def check_blocked_users(self, username, auth_model):
+        # here, not in check_allowed: allow_all_users skips that one
+        if not await maybe_future(super().check_blocked_users(username, auth_model)):
+            return False
+        domains = self.allowed_email_domains.split()
+        if domains:
+            info = self.user_info(auth_model)
+            email = str(info.get("email") or "")
+            domain = email.rpartition("@")[2].lower()
+            if "@" not in email or domain not in {d.lower() for d in domains} or info.get("email_verified") is False:
+                raise refuse(
+                    f"{username} may not use CampusHub: it is open to verified addresses at "
+                    f"{', '.join(domains)}, and your identity provider sent {email or 'no address'!r}."
+                )
+        return True
+
+
+class CampusGitHubOAuthenticator(IdentityBinding, GitHubOAuthenticator):
+    """GitHub login for a small lab: names bound to GitHub's numeric user id, so that a renamed
+    account never inherits another's name."""
 
     def user_info_to_username(self, user_info):
         return unix_name(super().user_info_to_username(user_info))
 
-    async def update_auth_model(self, auth_model):
-        user_info = auth_model["auth_state"][self.user_auth_state_key]
-        subject = str(user_info.get("sub", ""))
-        if not subject or not self.identities.claim(auth_model["name"], self.issuer, subject):
-            raise web.HTTPError(
-                403, "%s", f"The user name {auth_model['name']!r} belongs to another campus identity: "
-                "two identities never share an account. Ask your administrators."
-            )  # fmt: skip
-        return auth_model
+    def identity(self, auth_model):
+        return self.github_url, str(self.user_info(auth_model).get("id") or "")
 
-    async def check_allowed(self, username, auth_model):
-        if await super().check_allowed(username, auth_model):
-            return True
-        groups = ", ".join(sorted(self.allowed_groups)) or "none"
-        raise web.HTTPError(
-            403, "%s", f"{username} may not use CampusHub: it is open to members of these groups: {groups}. "
-            "Ask your administrators for access."
-        )  # fmt: skip
+    def who_may_log_in(self) -> str:
+        return "it is open to the GitHub users and organizations its administrators allowed"
 
 
-def account_hook(mode: str, min_uid: int):
+def account_hook(mode: str, min_uid: int, max_uid: int):
     """A post_auth_hook that checks ('directory') or creates ('create') the user's unix account."""
 
     def hook(authenticator, handler, authentication):
@@ -136,21 +243,40 @@ def account_hook(mode: str, min_uid: int):
             account = pwd.getpwnam(name)
         except KeyError:
             if mode != "create":
-                raise web.HTTPError(
-                    403, "%s", f"You are logged in as {name}, but this cluster has no unix account {name!r}. "
+                raise refuse(
+                    f"You are logged in as {name}, but this cluster has no unix account {name!r}. "
                     "Accounts come from the campus directory: ask your administrators to enable yours."
-                ) from None  # fmt: skip
+                ) from None
             account = create_account(name)
             authenticator.log.info("Created the unix account %s (uid %s)", name, account.pw_uid)
-        if account.pw_uid < min_uid:
-            raise web.HTTPError(403, "%s", f"{name} is a system account: it cannot log in to CampusHub.")
+        problem = account_problem(account, min_uid, max_uid)
+        if problem:
+            raise refuse(f"{problem}: it cannot log in to CampusHub.")
         return authentication
 
     return hook
 
 
+def account_problem(account: pwd.struct_passwd, min_uid: int, max_uid: int) -> str:
+    """Why an account may not log in or get a server ('' if it may)."""
+    if not min_uid <= account.pw_uid <= max_uid:
+        return f"{account.pw_name} is a system account (uid {account.pw_uid}, outside {min_uid}-{max_uid})"
+    if os.path.basename(account.pw_shell or "") in NO_LOGIN_SHELLS:
+        return f"{account.pw_name} is an account without login (shell {account.pw_shell})"
+    return ""
+
+
 def create_account(name: str) -> pwd.struct_passwd:
     """A new unix account with a private (0700) home folder."""
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        pass
+    else:
+        raise refuse(
+            f"A unix group named {name!r} exists already, so no account of that name can be created. "
+            "Ask your administrators."
+        )
     done = subprocess.run(
         ["useradd", "--create-home", "--shell", "/bin/bash", "--", name], capture_output=True, text=True
     )

@@ -6,6 +6,7 @@ import html
 import pwd
 import sqlite3
 import stat
+import subprocess
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -16,7 +17,8 @@ from tests.cluster.hub import running_hub, slurm_site
 from tests.cluster.idp import IdentityProvider
 from tests.cluster.users import remove_user
 
-CREATED = ["chub.ada", "chub-grace"]
+CREATED = ["chub.ada", "chub-grace", "chub-eve", "chub-later", "chub-boss", "chub-team"]
+ADMIN_BY_NAME = "chub-boss"
 PROFILES = [
     {"slug": "cpu", "display_name": "CPU only", "everyone": True, "default": True},
     {"slug": "gpu-1", "display_name": "One GPU", "groups": ["researchers"], "resources": {"gpus": 1}},
@@ -41,7 +43,9 @@ def site_for(idp, secret: Path, singleuser_env, accounts: str) -> dict:
                 "client_secret_file": str(secret),
                 "allowed_groups": ["researchers", "students"],
                 "admin_groups": ["hub-admins"],
+                "email_domain": "campus.example",
             },
+            "admin_users": [ADMIN_BY_NAME],
         },
         "users": {"accounts": accounts},
         "profiles": PROFILES,
@@ -122,10 +126,10 @@ def test_the_admin_group_gives_admin_and_group_changes_show_at_the_next_login(hu
 
 
 def test_two_identities_never_share_a_name(hub, idp):
-    idp.set_user("sub-ada-elsewhere", preferred_username="chub.ada@another.example", groups=["researchers"])
+    idp.set_user("sub-ada-elsewhere", preferred_username="CHUB.ADA", groups=["researchers"])
     _, page = hub.oidc_login("sub-ada-elsewhere")
     assert page.status_code == 403
-    assert "belongs to another campus identity" in page.text
+    assert "belongs to another identity" in page.text
     # the first identity still logs in
     session, page = hub.oidc_login("sub-ada")
     assert me(session, hub)["name"] == "chub.ada"
@@ -171,3 +175,79 @@ def test_directory_accounts_refuse_a_login_without_one(idp, secret, singleuser_e
         idp.set_user("sub-alice", preferred_username="chub-alice", groups=["researchers"])
         _, page = running.oidc_login("sub-alice")
         assert page.status_code == 200 and "/hub/spawn" in page.url
+
+
+def refused(hub, idp, sub: str, **claims):
+    idp.set_user(sub, **claims)
+    _, page = hub.oidc_login(sub)
+    assert page.status_code == 403, page.text[:500]
+    return html.unescape(page.text)
+
+
+@pytest.mark.parametrize(
+    "claim, lossy",
+    [
+        ("Chub-Ada@physics.campus.example", "chub-ada"),  # another domain than the site's
+        ("\u212achub-kelvin", "kchub-kelvin"),  # the Kelvin sign lowercases to k
+        ("\u0430chub-da", "chub-da"),  # a leading Cyrillic a
+        ("chub ada", "chub-ada"),
+    ],
+)
+def test_a_claim_that_would_need_changing_is_refused(hub, idp, claim, lossy):
+    page = refused(hub, idp, f"sub-{lossy}", preferred_username=claim, groups=["researchers"])
+    assert repr(claim) in page or "not an address at campus.example" in page
+    with pytest.raises(KeyError):
+        pwd.getpwnam(lossy)
+
+
+def test_an_address_at_the_sites_domain_becomes_its_name(hub, idp):
+    idp.set_user("sub-eve", preferred_username="Chub-Eve@Campus.Example", groups=["students"])
+    session, page = hub.oidc_login("sub-eve")
+    assert page.status_code == 200 and me(session, hub)["name"] == "chub-eve"
+
+
+def test_an_identity_that_is_not_allowed_takes_no_name(hub, idp):
+    refused(hub, idp, "sub-squatter", preferred_username="chub-later", groups=["visitors"])
+    with pytest.raises(KeyError):
+        pwd.getpwnam("chub-later")
+    # the name is still free for the identity allowed in
+    idp.set_user("sub-later", preferred_username="chub-later", groups=["students"])
+    session, page = hub.oidc_login("sub-later")
+    assert page.status_code == 200 and me(session, hub)["name"] == "chub-later"
+
+
+def test_an_admin_name_is_held_to_the_allowed_groups_and_bound_to_one_identity(hub, idp):
+    page = refused(hub, idp, "sub-fake-boss", preferred_username=ADMIN_BY_NAME, groups=["visitors"])
+    assert "may not use CampusHub" in page
+    with pytest.raises(KeyError):
+        pwd.getpwnam(ADMIN_BY_NAME)
+    idp.set_user("sub-boss", preferred_username=ADMIN_BY_NAME, groups=["researchers"])
+    session, page = hub.oidc_login("sub-boss")
+    assert page.status_code == 200 and me(session, hub)["admin"]
+    page = refused(hub, idp, "sub-boss-2", preferred_username=ADMIN_BY_NAME, groups=["researchers", "hub-admins"])
+    assert "belongs to another identity" in page
+    assert hub.oidc_login("sub-boss")[1].status_code == 200
+
+
+def test_a_name_that_is_a_unix_group_gets_a_clear_refusal(hub, idp):
+    subprocess.run(["groupadd", "chub-team"], check=True)
+    try:
+        page = refused(hub, idp, "sub-team", preferred_username="chub-team", groups=["researchers"])
+        assert "A unix group named 'chub-team' exists already" in page
+        with pytest.raises(KeyError):
+            pwd.getpwnam("chub-team")
+    finally:
+        subprocess.run(["groupdel", "chub-team"], check=False)
+
+
+def test_system_accounts_and_accounts_without_login_are_refused(hub, idp):
+    page = refused(hub, idp, "sub-nobody", preferred_username="nobody", groups=["researchers"])
+    assert "nobody is a system account (uid 65534" in page
+    page = refused(hub, idp, "sub-root", preferred_username="root", groups=["researchers", "hub-admins"])
+    assert "root is a system account (uid 0" in page
+    subprocess.run(["useradd", "--shell", "/usr/sbin/nologin", "chub-daemon"], check=True)
+    try:
+        page = refused(hub, idp, "sub-daemon", preferred_username="chub-daemon", groups=["researchers"])
+        assert "chub-daemon is an account without login (shell /usr/sbin/nologin)" in page
+    finally:
+        remove_user("chub-daemon")

@@ -13,23 +13,39 @@ from campushub.site import SiteError, parse_site
     "claim, name",
     [
         ("ada", "ada"),
-        ("Ada.Lovelace", "ada.lovelace"),
-        ("ada.lovelace@campus.example", "ada.lovelace"),
-        ("Grace Hopper", "grace-hopper"),
-        ("  jo_smith ", "jo_smith"),
-        ("émile", "mile"),
+        ("Ada.Lovelace", "ada.lovelace"),  # lowercasing is the one change made
+        ("jo_smith-2", "jo_smith-2"),
         ("x" * 32, "x" * 32),
     ],
 )
-def test_names_follow_the_rule(claim, name):
+def test_a_name_is_the_claim_lowercased(claim, name):
     assert unix_name(claim) == name
 
 
-@pytest.mark.parametrize("claim", ["", "   ", None, 42, "42ada", "-", "x" * 33, "..", "@campus"])
-def test_unusable_names_are_refused(claim):
+@pytest.mark.parametrize(
+    "claim",
+    [
+        "", "   ", None, 42, "42ada", "-", "x" * 33, "..", "@campus",
+        "Ada@physics.campus.example",  # an address: its domain would be dropped
+        "Grace Hopper", "  jo_smith ",  # would need changes besides lowercasing
+        "\u212aelvin",  # the Kelvin sign lowercases to an ASCII k
+        "\u0430da",  # a Cyrillic a: dropping it would give 'da'
+        "\u00e9mile", "ada\u0131",
+    ],
+)  # fmt: skip
+def test_a_claim_that_would_need_changing_is_refused(claim):
     with pytest.raises(web.HTTPError) as e:
         unix_name(claim)
     assert e.value.status_code == 403
+
+
+def test_two_claims_never_map_to_one_name():
+    assert unix_name("ada@cs.campus.example", email_domain="cs.campus.example") == "ada"
+    assert unix_name("Ada@CS.campus.example", email_domain="cs.campus.example") == "ada"
+    with pytest.raises(web.HTTPError, match="not an address at cs.campus.example"):
+        unix_name("ada@physics.campus.example", email_domain="cs.campus.example")
+    with pytest.raises(web.HTTPError):
+        unix_name("ada@evil@cs.campus.example", email_domain="cs.campus.example")
 
 
 def test_a_name_belongs_to_one_identity(tmp_path):
@@ -39,6 +55,7 @@ def test_a_name_belongs_to_one_identity(tmp_path):
     assert not ids.claim("ada", "https://sso", "sub-2")  # another identity, same name
     assert not ids.claim("ada", "https://other-sso", "sub-1")
     assert Identities(str(tmp_path / "identities.sqlite")).claim("grace", "https://sso", "sub-2")
+    assert ids.owner("ada") == ("https://sso", "sub-1") and ids.owner("nobody") is None
 
 
 def problems(data) -> list[str]:
@@ -66,3 +83,31 @@ def test_oidc_needs_its_settings_and_someone_allowed():
     assert problems({"auth": {"kind": "oidc", "oidc": {**oidc, "allowed_groups": ["r"]}}})[0].startswith(
         "auth.oidc.issuer:"
     )
+
+
+def test_the_demo_login_never_reaches_a_cluster():
+    slurm = {"backend": "slurm", "slurm": {"partition": "gpu"}}
+    assert problems({"spawner": slurm}) == [
+        "auth.kind: shared-password cannot be used with spawner.backend: slurm (anyone with the password could "
+        "log in as any unix account): use oidc or github"
+    ]
+
+
+def test_admins_by_group_only_refuses_admins_by_name():
+    oidc = {
+        "issuer": "https://sso.campus.example", "client_id": "hub", "client_secret_file": "/s",
+        "allowed_groups": ["r"], "admin_groups_only": True,
+    }  # fmt: skip
+    assert parse_site({"auth": {"kind": "oidc", "oidc": oidc}}).auth.oidc.admin_groups_only
+    assert problems({"auth": {"kind": "oidc", "oidc": oidc, "admin_users": ["ops"]}}) == [
+        "auth.admin_users: auth.oidc.admin_groups_only is set: admins come from admin_groups"
+    ]
+
+
+def test_uid_bounds():
+    assert parse_site({}).users.max_uid == 60000
+    assert problems({"users": {"min_uid": 5000, "max_uid": 4000}}) == [
+        "users: min_uid must not be larger than max_uid"
+    ]
+    moved = problems({"spawner": {"backend": "slurm", "slurm": {"partition": "gpu", "min_uid": 500}}})
+    assert any("min_uid has moved to users.min_uid" in p for p in moved), moved
