@@ -74,6 +74,8 @@ def apply_auth(c: Config, site: Site, state: StateDir) -> None:
         a.client_secret = read_secret_file(oidc.client_secret_file, "auth.oidc.client_secret_file")
         a.oauth_callback_url = callback
         a.username_claim = oidc.username_claim
+        a.email_domain = oidc.email_domain or ""
+        a.allowed_email_domains = " ".join(oidc.allowed_email_domains)
         a.scope = list(oidc.scopes)
         a.manage_groups = True
         a.auth_state_groups_key = f"oauth_user.{oidc.groups_claim}"
@@ -83,23 +85,27 @@ def apply_auth(c: Config, site: Site, state: StateDir) -> None:
         a.enable_pkce = True
         a.identities_db = str(state.path / "identities.sqlite")
     else:
+        from .auth import CampusGitHubOAuthenticator
+
         github = auth.github
-        c.JupyterHub.authenticator_class = "github"
-        c.GitHubOAuthenticator.client_id = github.client_id
-        c.GitHubOAuthenticator.client_secret = read_secret_file(
-            github.client_secret_file, "auth.github.client_secret_file"
-        )
-        c.GitHubOAuthenticator.oauth_callback_url = callback
-        c.GitHubOAuthenticator.allowed_organizations = set(github.allowed_organizations)
-        c.GitHubOAuthenticator.allowed_users = set(github.allowed_users)
+        c.JupyterHub.authenticator_class = CampusGitHubOAuthenticator
+        a = c.CampusGitHubOAuthenticator
+        a.github_url = github.url.rstrip("/")
+        a.client_id = github.client_id
+        a.client_secret = read_secret_file(github.client_secret_file, "auth.github.client_secret_file")
+        a.oauth_callback_url = callback
+        a.allowed_organizations = set(github.allowed_organizations)
+        a.allowed_users = set(github.allowed_users)
+        a.identities_db = str(state.path / "identities.sqlite")
     if auth.encrypt_auth_state:
         c.Authenticator.enable_auth_state = True
         if not os.environ.get("JUPYTERHUB_CRYPT_KEY"):
             c.CryptKeeper.keys = [state.secret("crypt_key")[0]]
-    if site.spawner.backend == "slurm":
+    if auth.kind != "shared-password":
         from .auth import account_hook
 
-        c.Authenticator.post_auth_hook = account_hook(site.users.accounts, site.spawner.slurm.min_uid)
+        users = site.users
+        c.Authenticator.post_auth_hook = account_hook(users.accounts, users.min_uid, users.max_uid)
 
 
 def apply_spawner(c: Config, site: Site, state: StateDir) -> None:
@@ -115,9 +121,24 @@ def apply_spawner(c: Config, site: Site, state: StateDir) -> None:
 
 
 def apply_local(c: Config, site: Site, state: StateDir) -> None:
+    env = site.spawner.local.python_env
+    c.Spawner.cmd = [str((env / "bin" if env else Path(sys.executable).parent) / "jupyterhub-singleuser")]
+    if site.auth.kind != "shared-password":
+        # Each server runs as the user's own unix account (JupyterHub's setuid spawning), which needs root.
+        if os.geteuid() != 0:
+            raise SiteError([
+                "spawner.backend: local with a campus login runs each server as the user's unix account, "
+                "so the hub must run as root"
+            ])  # fmt: skip
+        from .spawners.local import LocalSpawner
+
+        c.JupyterHub.spawner_class = LocalSpawner
+        c.LocalSpawner.min_uid = site.users.min_uid
+        c.LocalSpawner.max_uid = site.users.max_uid
+        return
+    # The demo: every server is a process of the hub's own account, on loopback.
     c.JupyterHub.spawner_class = "simple"
     c.SimpleLocalProcessSpawner.home_dir_template = str(state.path / "homes" / "{username}")
-    c.Spawner.cmd = [str(Path(sys.executable).parent / "jupyterhub-singleuser")]
     if os.geteuid() == 0:
         c.Spawner.args = ["--ServerApp.allow_root=True"]
 
@@ -138,7 +159,8 @@ def apply_slurm(c: Config, site: Site, state: StateDir) -> None:
     c.SlurmSpawner.python_env = str(slurm.python_env or "")
     c.SlurmSpawner.prologue = slurm.prologue
     c.SlurmSpawner.submit_prefix = list(slurm.submit_prefix)
-    c.SlurmSpawner.min_uid = slurm.min_uid
+    c.SlurmSpawner.min_uid = site.users.min_uid
+    c.SlurmSpawner.max_uid = site.users.max_uid
     c.SlurmSpawner.startup_poll_interval = slurm.poll_interval
     c.SlurmSpawner.profiles = list(site.profiles)
     c.SlurmSpawner.container_runtime = slurm.container.runtime

@@ -86,14 +86,31 @@ class OIDCSettings(Section):
     )
     username_claim: str = Field(
         "preferred_username",
-        description="Claim that names the user. It becomes the hub and unix name: an email keeps its part "
-        "before '@', lowercased; other characters than a-z 0-9 . _ - become '-'; it must start with a letter "
-        "and have at most 32 characters. Two identities that map to one name are refused.",
+        description="Claim that names the user. Lowercased, it becomes the hub and unix name as it is: a claim "
+        "that is not already a valid name (ASCII letters, digits, '.', '_', '-', starting with a letter, at most "
+        "32 characters) is refused, never changed to fit. A name belongs to the first identity (issuer and "
+        "subject) that logs in with it after passing every check.",
+    )
+    email_domain: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$",
+        description="Opt-in: a username claim name@<email_domain> (e.g. ada@campus.edu) becomes 'name'. A claim "
+        "at any other domain is refused. Unset: a claim with '@' is refused.",
+    )
+    allowed_email_domains: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+$")]] = Field(
+        [],
+        description="When set, only users whose 'email' claim is a verified address at one of these domains "
+        "may log in (checked even with allow_all_users).",
     )
     groups_claim: str = Field("groups", description="Claim listing the user's groups; they become hub groups.")
     scopes: list[str] = Field(["openid", "profile", "email"], description="Scopes asked of the provider.")
     allowed_groups: list[GroupName] = Field([], description="Groups whose members may log in.")
     admin_groups: list[GroupName] = Field([], description="Groups whose members are hub admins.")
+    admin_groups_only: bool = Field(
+        False,
+        description="Admins come from admin_groups only: auth.admin_users is refused. Recommended where users "
+        "can choose their own user name at the provider.",
+    )
     allow_all_users: bool = Field(
         False, description="Let every user of the provider log in (otherwise: allowed_groups and admins)."
     )
@@ -106,6 +123,9 @@ class OIDCSettings(Section):
 
 
 class GitHubSettings(Section):
+    url: Url = Field(
+        "https://github.com", description="GitHub, or the address of a GitHub Enterprise Server."
+    )
     client_id: str = Field(min_length=1, description="The OAuth app's client id.")
     client_secret_file: Path = Field(description="File holding the OAuth app's client secret (mode 0600).")
     allowed_organizations: list[str] = Field([], description="GitHub organizations (or org:team) allowed in.")
@@ -148,10 +168,25 @@ class AuthSettings(Section):
 class UsersSettings(Section):
     accounts: Literal["directory", "create"] = Field(
         "directory",
-        description="Unix accounts of users, with the Slurm backend. 'directory': they exist already "
-        "(LDAP/SSSD); a login without one gets a clear page. 'create': the first login creates the "
-        "account with a 0700 home (the hub runs as root; for single-server sites).",
+        description="Unix accounts of users (every backend but the demo's shared-password login). 'directory': "
+        "they exist already (LDAP/SSSD); a login without one gets a clear page. 'create': the first login "
+        "creates the account with a 0700 home (the hub runs as root; for single-server sites).",
     )
+    min_uid: int = Field(
+        1000, ge=1, description="Lowest unix uid that may log in and get a server: system accounts and root never do."
+    )
+    max_uid: int = Field(
+        60000,
+        ge=1,
+        description="Highest unix uid that may log in and get a server (nobody, 65534, and other high system "
+        "accounts never do). Accounts whose shell is nologin or false are refused too.",
+    )
+
+    @model_validator(mode="after")
+    def _uid_range(self) -> UsersSettings:
+        if self.min_uid > self.max_uid:
+            raise ValueError("min_uid must not be larger than max_uid")
+        return self
 
 
 class ContainerSettings(Section):
@@ -202,9 +237,6 @@ class SlurmSettings(Section):
         description="Command that runs sbatch, squeue, scancel, mkdir and tail as the user; "
         "'{username}' is replaced. Run without a shell.",
     )
-    min_uid: int = Field(
-        1000, ge=1, description="Lowest unix uid that may get a server: system accounts and root never do."
-    )
     container: ContainerSettings = Field({}, description="Run the server in a container inside the job.")
     poll_interval: float = Field(
         1.0,
@@ -214,6 +246,13 @@ class SlurmSettings(Section):
         "loads, its job is checked after 3 intervals, then at doubling intervals up to 10.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "min_uid" in data:
+            raise ValueError("min_uid has moved to users.min_uid (with users.max_uid)")
+        return data
+
     @field_validator("submit_prefix")
     @classmethod
     def _prefix_words(cls, words: list[str]) -> list[str]:
@@ -222,11 +261,20 @@ class SlurmSettings(Section):
         return words
 
 
+class LocalSettings(Section):
+    python_env: Path | None = Field(
+        None,
+        description="Prefix of the Python environment whose bin/jupyterhub-singleuser runs users' servers; every "
+        "user must be able to read and run it. Unset: the hub's own environment.",
+    )
+
+
 class SpawnerSettings(Section):
     backend: Literal["local", "slurm"] = Field(
         "local",
-        description="Where servers run. 'local': as processes of the hub's own account, on the hub host "
-        "(the demo; no isolation between users). 'slurm': each server is a Slurm job of the user's unix account.",
+        description="Where servers run. 'local': processes on the hub host, each as the user's own unix account "
+        "(the hub runs as root); with the demo's shared-password login, as the hub's own account (no "
+        "isolation between users). 'slurm': each server is a Slurm job of the user's unix account.",
     )
     start_timeout: int = Field(
         300, ge=10, description="Seconds a server may take to start (queue wait included) before the spawn fails."
@@ -236,6 +284,7 @@ class SpawnerSettings(Section):
         30, ge=1, description="Seconds between checks that a running server is still alive."
     )
     slurm: SlurmSettings | None = Field(None, description="Settings of the Slurm backend.")
+    local: LocalSettings = Field({}, description="Settings of the local backend.")
 
     @model_validator(mode="after")
     def _backend_settings(self) -> SpawnerSettings:
@@ -302,6 +351,21 @@ class Site(Section):
                 f"auth.kind: shared-password is for demos on 127.0.0.1 only, but hub.ip is {self.hub.ip}: "
                 "use oidc or github"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _demo_login_not_on_a_cluster(self) -> Site:
+        if self.auth.kind == "shared-password" and self.spawner.backend == "slurm":
+            raise ValueError(
+                "auth.kind: shared-password cannot be used with spawner.backend: slurm (anyone with the password "
+                "could log in as any unix account): use oidc or github"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _admins_by_group_only(self) -> Site:
+        if self.auth.kind == "oidc" and self.auth.oidc.admin_groups_only and self.auth.admin_users:
+            raise ValueError("auth.admin_users: auth.oidc.admin_groups_only is set: admins come from admin_groups")
         return self
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 import yaml
 
+from .idp import CAMPUS_GROUP, campus_login, set_user
 from .slurm import free_port, wait_for
 
 
@@ -25,8 +26,9 @@ def deep_merge(base: dict, extra: dict) -> dict:
 
 
 def slurm_site(singleuser_env, **extra) -> dict:
-    """A site on the test cluster: the Slurm backend with small jobs, `extra` merged over it."""
+    """A site on the test cluster: campus login, the Slurm backend with small jobs, `extra` merged over it."""
     base = {
+        "auth": campus_login(),
         "spawner": {
             "backend": "slurm",
             "start_timeout": 600,  # far beyond what any test waits: a slow failure shows as one
@@ -43,7 +45,7 @@ def slurm_site(singleuser_env, **extra) -> dict:
 
 
 class RunningHub:
-    def __init__(self, workdir: Path, site: dict):
+    def __init__(self, workdir: Path, site: dict, env: dict | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -61,6 +63,8 @@ class RunningHub:
         self.proxy: subprocess.Popen | None = None
         self.hub: subprocess.Popen | None = None
         self.hub_starts = 0
+        self.env = env  # the environment of the hub and proxy processes (default: the tests')
+        self.sessions: dict[str, requests.Session] = {}
 
     # --- processes ---
 
@@ -68,7 +72,7 @@ class RunningHub:
         out = open(self.workdir / log, "a")
         return subprocess.Popen(
             [sys.executable, "-m", "campushub", *args, "--config", str(self.site_file)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=self.env,
         )  # fmt: skip
 
     def start(self) -> RunningHub:
@@ -112,12 +116,32 @@ class RunningHub:
         return (Path(self.site["hub"]["state_dir"]) / "demo_password").read_text().strip()
 
     @property
-    def admin_password(self) -> str:
+    def admin_password(self) -> str | None:
+        if self.campus_login:
+            return None  # admins log in like everyone (auth.admin_users or the admin group)
         return (Path(self.site["hub"]["state_dir"]) / "demo_admin_password").read_text().strip()
+
+    @property
+    def campus_login(self) -> bool:
+        return self.site.get("auth", {}).get("kind") == "oidc"
 
     # --- users ---
 
     def login(self, user: str, password: str | None = None) -> requests.Session:
+        """A logged-in session of `user`. With campus login: through the identity provider, as a member
+        of the campus group, once per user (a new login would reset the groups tests gave through the API)."""
+        if self.campus_login:
+            if user not in self.sessions:
+                set_user(self.site["auth"]["oidc"]["issuer"], user, preferred_username=user, groups=[CAMPUS_GROUP])
+                s = requests.Session()
+                form = s.get(f"{self.url}/hub/oauth_login", timeout=30)
+                assert form.status_code == 200 and 'name="sub"' in form.text, form.text[:500]
+                back = s.post(form.url, data={"sub": user}, allow_redirects=False, timeout=30)
+                # the hub's callback, not followed further: the spawn page would start a server
+                r = s.get(back.headers["location"], allow_redirects=False, timeout=60)
+                assert r.status_code == 302, f"login of {user} failed: {r.status_code} {r.text[:300]}"
+                self.sessions[user] = s
+            return self.sessions[user]
         s = requests.Session()
         s.get(f"{self.url}/hub/login", timeout=10).raise_for_status()
         r = s.post(
@@ -200,9 +224,9 @@ class RunningHub:
 
 
 @contextmanager
-def running_hub(slurm, workdir: Path, site: dict):
+def running_hub(slurm, workdir: Path, site: dict, env: dict | None = None):
     """A RunningHub on the test cluster; at the end the hub and proxy stop and every job is cancelled."""
-    hub = RunningHub(workdir, site).start()
+    hub = RunningHub(workdir, site, env).start()
     try:
         yield hub
     finally:

@@ -1,15 +1,25 @@
 """A real OpenID Connect provider for the tests: oidc-provider-mock, served on a free local port.
 
 It runs the authorization-code flow with its own login form (a `sub` field); `set_user` sets the
-claims it then issues for a subject, as an IdP admin would change a user's groups.
+claims it then issues for a subject, as an IdP admin would change a user's groups. `campus_login`
+is the login section of a site on the test cluster: one provider per test process, started when
+first asked for.
 """
 
 from __future__ import annotations
+
+import tempfile
+from functools import cache
+from pathlib import Path
 
 import requests
 from oidc_provider_mock import run_server_in_thread
 
 from .slurm import free_port
+
+# Every test user logging in through campus_login is a member of this group; admins also of ADMIN_GROUP.
+CAMPUS_GROUP = "campus"
+ADMIN_GROUP = "hub-admins"
 
 
 class IdentityProvider:
@@ -20,8 +30,39 @@ class IdentityProvider:
         self.url = f"http://localhost:{self.port}"
 
     def set_user(self, sub: str, **claims) -> None:
-        r = requests.put(f"{self.url}/users/{sub}", json=claims, timeout=10)
-        assert r.status_code == 204, r.text
+        set_user(self.url, sub, **claims)
 
     def close(self) -> None:
         self._server.__exit__(None, None, None)
+
+
+def set_user(issuer: str, sub: str, **claims) -> None:
+    r = requests.put(f"{issuer}/users/{sub}", json=claims, timeout=10)
+    assert r.status_code == 204, r.text
+
+
+@cache
+def shared_provider() -> IdentityProvider:
+    return IdentityProvider()
+
+
+@cache
+def _client_secret_file() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="campushub-oidc-")) / "client_secret"
+    path.write_text("test-client-secret\n")
+    path.chmod(0o600)
+    return path
+
+
+def campus_login() -> dict:
+    """The `auth` section of a test site: campus login through the shared provider."""
+    return {
+        "kind": "oidc",
+        "oidc": {
+            "issuer": shared_provider().url,
+            "client_id": "campushub-tests",
+            "client_secret_file": str(_client_secret_file()),
+            "allowed_groups": [CAMPUS_GROUP],
+            "admin_groups": [ADMIN_GROUP],
+        },
+    }

@@ -34,10 +34,10 @@ def test_no_file_gives_defaults_in_the_working_folder(tmp_path, monkeypatch):
 def test_relative_paths_resolve_against_the_site_file(tmp_path):
     (tmp_path / "etc").mkdir()
     f = tmp_path / "etc" / "campushub.yaml"
-    f.write_text("hub:\n  state_dir: state\nspawner:\n  backend: slurm\n  slurm:\n    partition: gpu\n    python_env: env\n")
+    f.write_text("hub:\n  state_dir: state\nspawner:\n  backend: local\n  local:\n    python_env: env\n")
     site = load_site(f)
     assert site.hub.state_dir == tmp_path / "etc" / "state"
-    assert site.spawner.slurm.python_env == tmp_path / "etc" / "env"
+    assert site.spawner.local.python_env == tmp_path / "etc" / "env"
     assert site.source == f
 
 
