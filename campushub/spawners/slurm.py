@@ -30,6 +30,7 @@ from jupyterhub.apihandlers import APIHandler
 from tornado import web
 from traitlets import Any, Dict, Float, Integer, List, Unicode, default
 
+from ..auth import account_problem
 from ..profiles import (
     Profile,
     ProfileError,
@@ -127,6 +128,28 @@ def container_command(runtime: str, image: str, options: list[str], home: str, g
     raise ValueError(f"unknown container runtime {runtime!r}")
 
 
+# The hub's environment variables that Slurm's commands need, and nothing else.
+COMMAND_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "SLURM_CONF", "TZ")
+
+
+def command_env() -> dict[str, str]:
+    env = {k: os.environ[k] for k in COMMAND_ENV_KEYS if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return env
+
+
+def unix_account(name: str, min_uid: int, max_uid: int) -> pwd.struct_passwd:
+    """The user's unix account, if it may get a server; else a SpawnError saying why."""
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        raise SpawnError(f"There is no unix account named {name!r} on the hub host.") from None
+    problem = account_problem(account, min_uid, max_uid)
+    if problem:
+        raise SpawnError(f"{problem}: it gets no server.")
+    return account
+
+
 class PortReportError(ValueError):
     """A port report that is refused; the message says why."""
 
@@ -198,6 +221,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         help="Argument list that runs a command as the user; '{username}' is replaced.",
     ).tag(config=True)
     min_uid = Integer(1000, help="Lowest uid that may get a server.").tag(config=True)
+    max_uid = Integer(60000, help="Highest uid that may get a server.").tag(config=True)
     container_runtime = Unicode("none", help="none, apptainer, podman or pyxis.").tag(config=True)
     container_image = Unicode("", help="The container image (see the site file's spawner.slurm.container).").tag(
         config=True
@@ -216,6 +240,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
 
     request = Any(None, help="The validated SpawnRequest of the current spawn.")
     last_stop = Dict(help="How the last job ended: job_id, state, reason. Kept in the hub database.")
+    accepted_options = Dict(help="The user_options of the last spawn that was accepted. Kept in the hub database.")
+    fallback_notice = Unicode("", help="Why this spawn uses the default profile instead of the saved options.")
 
     # --- profiles and the spawn request -----------------------------------------------------
 
@@ -249,18 +275,67 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     @default("apply_user_options")
     def _apply_profile(self):
         def apply(spawner, user_options):
-            spawner.request = spawner.resolve(user_options)
+            spawner.request = spawner.accept(user_options)
 
         return apply
 
-    def last_stop_notice(self) -> str:
-        if not self.last_stop:
-            return ""
-        return f"Your last server (Slurm job {self.last_stop['job_id']}) stopped: {self.last_stop['reason']}."
+    def accept(self, options) -> SpawnRequest:
+        """This spawn's request. JupyterHub has saved sent options as the server's defaults already: a refused
+        request puts the last accepted ones back. Saved options replayed by a start that sent none and refused
+        now (a grant withdrawn, a profile changed) fall back to the default profile, with a notice."""
+        self.fallback_notice = ""
+        try:
+            request = self.resolve(options)
+        except web.HTTPError as e:
+            if self.options_sent() or not options or not self.granted_profiles():
+                self.save_options(self.accepted_options)
+                raise
+            request = self.resolve({})
+            self.fallback_notice = (
+                f"Your saved choice cannot be used any more ({e.log_message % e.args}): "
+                f"starting with the default profile, {request.profile!r}."
+            )
+            self.log.info("Saved options of %s refused, using the default profile: %s", self._log_name, e.log_message % e.args)
+            options = {}
+            self.save_options(options)
+        self.accepted_options = dict(options or {})
+        return request
+
+    def options_sent(self) -> bool:
+        """Whether the request that started this spawn carried user_options; if not, JupyterHub replays
+        the saved ones."""
+        handler = self.handler
+        if handler is None:
+            return False
+        if hasattr(handler, "get_server_json_body"):  # the REST API
+            try:
+                return handler.get_server_json_body()["user_options"] is not None
+            except web.HTTPError:
+                return True
+        # the spawn page: its form (POST) or options in the query
+        return handler.request.method == "POST" or bool(set(handler.request.query_arguments) - {"next", "display_name"})
+
+    def save_options(self, options: dict) -> None:
+        self.user_options = dict(options)
+        if self.orm_spawner is not None:
+            self.orm_spawner.user_options = dict(options)
+            self.db.commit()
+
+    def notices(self, granted: list[Profile]) -> str:
+        found = []
+        if self.last_stop:
+            found.append(f"Your last server (Slurm job {self.last_stop['job_id']}) stopped: {self.last_stop['reason']}.")
+        saved = (self.orm_spawner.user_options if self.orm_spawner is not None else None) or {}
+        if saved.get("profile") and saved["profile"] not in {p.slug for p in granted}:
+            found.append(
+                f"The profile you used last, {saved['profile']!r}, is no longer granted to you: "
+                "choose another one."
+            )
+        return " ".join(found)
 
     async def get_options_form(self) -> str:
         granted = self.granted_profiles()
-        notice = self.last_stop_notice()
+        notice = self.notices(granted)
         only = granted[0] if len(granted) == 1 else None
         if only and not (only.choices.gpus or only.choices.hours) and not notice:
             return ""  # nothing to choose: start right away
@@ -276,24 +351,20 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     def load_state(self, state):
         super().load_state(state)
         self.last_stop = state.get("last_stop", {})
+        self.accepted_options = state.get("accepted_options", {})
 
     def get_state(self):
         state = super().get_state()
         if self.last_stop:
             state["last_stop"] = self.last_stop
+        if self.accepted_options:
+            state["accepted_options"] = self.accepted_options
         return state
 
     # --- the unix account ---------------------------------------------------------------
 
     def unix_account(self) -> pwd.struct_passwd:
-        name = self.user.name
-        try:
-            account = pwd.getpwnam(name)
-        except KeyError:
-            raise SpawnError(f"There is no unix account named {name!r} on the hub host.") from None
-        if account.pw_uid < self.min_uid:
-            raise SpawnError(f"The account {name!r} is a system account (uid {account.pw_uid}): it gets no server.")
-        return account
+        return unix_account(self.user.name, self.min_uid, self.max_uid)
 
     def user_env(self, env):
         account = self.unix_account()
@@ -305,12 +376,16 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     # --- Slurm commands -------------------------------------------------------------------
 
     async def run_as_user(self, *argv: str, input: str | None = None, env=None) -> tuple[int, str, str]:
-        """Run a command as the user, without a shell: (returncode, stdout, stderr)."""
+        """Run a command as the user, without a shell: (returncode, stdout, stderr).
+
+        Its environment is `env` or, by default, only what Slurm's commands need (`command_env`): never
+        the hub's own, which holds its secrets and which a user could read from /proc.
+        """
         prefix = [w.replace("{username}", self.user.name) for w in self.submit_prefix]
         proc = await asyncio.create_subprocess_exec(
             *prefix, *argv,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=env,
+            env=command_env() if env is None else env,
         )  # fmt: skip
         try:
             out, err = await asyncio.wait_for(
@@ -375,14 +450,14 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         return "\n".join(lines) + "\n"
 
     async def submit_batch_script(self) -> str:
-        env = self.get_env()
         if not os.path.isdir(self.log_dir):  # a returning user's folder is there: spare the sudo
-            rc, _, err = await self.run_as_user("mkdir", "-p", "-m", "0700", self.log_dir, env=env)
+            rc, _, err = await self.run_as_user("mkdir", "-p", "-m", "0700", self.log_dir)
             if rc != 0:
                 raise SpawnError(f"Could not create the job log folder {self.log_dir}: {err.strip()}")
         args = self.sbatch_args()
         self.log.info("Submitting server job for %s: %s", self.user.name, shlex.join(args))
-        rc, out, err = await self.run_as_user(*args, input=self.render_batch_script(), env=env)
+        # the job's environment: JupyterHub's for this server (its own token, no hub secret), exported by sbatch
+        rc, out, err = await self.run_as_user(*args, input=self.render_batch_script(), env=self.get_env())
         if rc != 0:
             raise SpawnError(f"Slurm refused the server job: {err.strip() or out.strip()}")
         job_id = (out.strip().splitlines() or [""])[-1].split(";")[0]
@@ -512,6 +587,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
 
         It reads the job's line that start() keeps fresh (every poll interval): no query of its own."""
         last = None
+        if self.fallback_notice:
+            yield {"message": self.fallback_notice}
         while True:
             state, host, start, reason = squeue_fields(self.job_status)
             if not self.job_id:

@@ -128,6 +128,45 @@ def test_a_group_property_grants_a_profile_without_a_restart(hub, slurm, tokens)
     hub.stop_server(CAROL, tokens[CAROL])
 
 
+def gpus_of(slurm, user) -> int:
+    visible = server_env(slurm, user).get("CUDA_VISIBLE_DEVICES", "")
+    return len(visible.split(",")) if visible else 0
+
+
+def test_a_refused_request_changes_no_saved_option(hub, slurm, tokens):
+    hub.spawn_and_wait(ALICE, tokens[ALICE], profile="gpu-2", gpus=1)
+    hub.stop_server(ALICE, tokens[ALICE])
+    r = hub.spawn(ALICE, tokens[ALICE], profile="gpu-2", gpus=99)
+    assert r.status_code == 400 and "gpus: must be from 1 to 8" in r.json()["message"], r.text
+    # a start without options replays the last accepted ones, not the refused
+    hub.spawn_and_wait(ALICE, tokens[ALICE])
+    assert server_env(slurm, ALICE)["CAMPUSHUB_PROFILE"] == "gpu-2" and gpus_of(slurm, ALICE) == 1
+    hub.stop_server(ALICE, tokens[ALICE])
+
+
+def test_a_withdrawn_grant_falls_back_to_the_default_profile(hub, slurm, tokens):
+    erin, admin = "chub-erin", tokens[ADMIN]
+    token = hub.token(erin)
+    assert hub.api("POST", "/groups/course-old", admin, json={"users": [erin]}).status_code == 201
+    grant = {"campushub_profiles": ["gpu-course"]}
+    assert hub.api("PUT", "/groups/course-old/properties", admin, json=grant).status_code == 200
+    hub.spawn_and_wait(erin, token, profile="gpu-course")
+    assert gpus_of(slurm, erin) == 1
+    hub.stop_server(erin, token)
+
+    assert hub.api("PUT", "/groups/course-old/properties", admin, json={}).status_code == 200
+    page = hub.login(erin).get(f"{hub.url}/hub/spawn/{erin}")
+    assert "The profile you used last, &#39;gpu-course&#39;, is no longer granted to you" in page.text
+    assert hub.spawn(erin, token, profile="gpu-course").status_code == 400  # asked for: refused
+    r = hub.spawn(erin, token)  # the saved choice, replayed: the default profile instead
+    assert r.status_code in (201, 202), r.text
+    events = hub.progress(erin, token)
+    assert events[-1].get("ready"), events
+    assert any("Your saved choice cannot be used any more" in e.get("message", "") for e in events), events
+    assert server_env(slurm, erin)["CAMPUSHUB_PROFILE"] == "cpu" and gpus_of(slurm, erin) == 0
+    hub.stop_server(erin, token)
+
+
 def test_two_gpu_users_get_disjoint_gpus(hub, slurm, tokens):
     for user in (ALICE, BOB):
         r = hub.spawn(user, tokens[user], profile="gpu-2", gpus=2)
