@@ -181,7 +181,7 @@ def refused(hub, idp, sub: str, **claims):
     idp.set_user(sub, **claims)
     _, page = hub.oidc_login(sub)
     assert page.status_code == 403, page.text[:500]
-    return html.unescape(page.text)
+    return html.unescape(page.content.decode())  # (the error page names no charset)
 
 
 @pytest.mark.parametrize(
