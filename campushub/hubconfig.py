@@ -113,7 +113,7 @@ def apply_spawner(c: Config, site: Site, state: StateDir) -> None:
     c.Spawner.default_url = "/lab"
     c.Spawner.start_timeout = s.start_timeout
     c.Spawner.http_timeout = s.http_timeout
-    c.Spawner.poll_interval = s.poll_interval
+    c.Spawner.poll_interval = s.running_check_interval
     if s.backend == "local":
         apply_local(c, site, state)
     else:
@@ -133,8 +133,7 @@ def apply_local(c: Config, site: Site, state: StateDir) -> None:
         from .spawners.local import LocalSpawner
 
         c.JupyterHub.spawner_class = LocalSpawner
-        c.LocalSpawner.min_uid = site.users.min_uid
-        c.LocalSpawner.max_uid = site.users.max_uid
+        c.LocalSpawner.users = site.users
         return
     # The demo: every server is a process of the hub's own account, on loopback.
     c.JupyterHub.spawner_class = "simple"
@@ -148,24 +147,10 @@ def apply_slurm(c: Config, site: Site, state: StateDir) -> None:
     # before the hub builds its URL handlers.
     from .spawners.slurm import SlurmSpawner
 
-    slurm = site.spawner.slurm
     c.JupyterHub.spawner_class = SlurmSpawner
-    c.SlurmSpawner.partition = slurm.partition
-    c.SlurmSpawner.account = slurm.account or ""
-    c.SlurmSpawner.qos = slurm.qos or ""
-    c.SlurmSpawner.cpus = slurm.cpus
-    c.SlurmSpawner.memory = slurm.memory
-    c.SlurmSpawner.walltime = slurm.walltime
-    c.SlurmSpawner.python_env = str(slurm.python_env or "")
-    c.SlurmSpawner.prologue = slurm.prologue
-    c.SlurmSpawner.submit_prefix = list(slurm.submit_prefix)
-    c.SlurmSpawner.min_uid = site.users.min_uid
-    c.SlurmSpawner.max_uid = site.users.max_uid
-    c.SlurmSpawner.startup_poll_interval = slurm.poll_interval
+    c.SlurmSpawner.slurm = site.spawner.slurm
+    c.SlurmSpawner.users = site.users
     c.SlurmSpawner.profiles = list(site.profiles)
-    c.SlurmSpawner.container_runtime = slurm.container.runtime
-    c.SlurmSpawner.container_image = slurm.container.image or ""
-    c.SlurmSpawner.container_options = list(slurm.container.options)
 
 
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]

@@ -16,7 +16,7 @@ import html
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -24,7 +24,8 @@ GROUP_PROPERTY = "campushub_profiles"
 OPTION_KEYS = ("profile", "gpus", "hours")
 
 SlurmName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-Walltime = Annotated[str, Field(pattern=r"^([0-9]+-)?[0-9]{1,2}:[0-9]{2}:[0-9]{2}$")]
+WALLTIME = r"(?:([0-9]+)-)?([0-9]{1,2}):([0-9]{2}):([0-9]{2})"  # Slurm's [days-]hours:minutes:seconds
+Walltime = Annotated[str, Field(pattern=f"^{WALLTIME}$")]
 Memory = Annotated[str, Field(pattern=r"^[1-9][0-9]*[KMGT]?$")]
 
 
@@ -92,8 +93,9 @@ class Profile(Model):
         return self
 
 
-@dataclass(frozen=True)
-class SlurmDefaults:
+class SlurmDefaults(Protocol):
+    """What a profile leaves unset comes from here: the site file's spawner.slurm."""
+
     partition: str
     cpus: int
     memory: str
@@ -121,7 +123,7 @@ class SpawnRequest:
 
 def walltime_hours(walltime: str) -> int:
     """Whole hours of a [days-]hh:mm:ss walltime, rounded up."""
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d+):(\d+)", walltime)
+    m = re.fullmatch(WALLTIME, walltime)
     days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
     total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
     return -(-total // 3600)

@@ -7,14 +7,14 @@ import pytest
 from campushub.profiles import (
     Profile,
     ProfileError,
-    SlurmDefaults,
     granted_profiles,
     options_form,
     options_from_form,
     resolve_request,
 )
+from campushub.site import SlurmSettings
 
-DEFAULTS = SlurmDefaults(partition="gpu", cpus=1, memory="4G", walltime="08:00:00")
+DEFAULTS = SlurmSettings(partition="gpu", cpus=1, memory="4G", walltime="08:00:00")
 CPU = Profile(slug="cpu", display_name="CPU", everyone=True, default=True, resources={"cpus": 2})
 GPU = Profile(
     slug="gpu-1",
