@@ -183,11 +183,64 @@ def apply_culling(c: Config, site: Site, state: StateDir) -> None:
     ]
 
 
+def configurable_classes() -> dict[str, type]:
+    """The classes whose settings hub.extra_config may set: JupyterHub's own and CampusHub's."""
+    from jupyterhub.app import JupyterHub
+    from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner
+    from oauthenticator.generic import GenericOAuthenticator
+    from oauthenticator.github import GitHubOAuthenticator
+
+    from .auth import CampusGitHubOAuthenticator, CampusOIDCAuthenticator
+    from .spawners.local import LocalSpawner
+    from .spawners.slurm import SlurmSpawner
+
+    found: dict[str, type] = {}
+    for cls in [
+        *JupyterHub().classes, LocalProcessSpawner, SimpleLocalProcessSpawner, LocalSpawner, SlurmSpawner,
+        GenericOAuthenticator, GitHubOAuthenticator, CampusOIDCAuthenticator, CampusGitHubOAuthenticator,
+    ]:  # fmt: skip
+        for parent in cls.mro():
+            if hasattr(parent, "class_trait_names"):
+                found.setdefault(parent.__name__, parent)
+    return found
+
+
+def extra_config_problems(extra: dict[str, dict]) -> list[str]:
+    """One line per unknown class or setting in hub.extra_config, with the nearest valid name."""
+    from difflib import get_close_matches
+
+    from .spawners.slurm import RETIRED_SETTINGS
+
+    classes = configurable_classes()
+    problems = []
+    for name, settings in extra.items():
+        cls = classes.get(name)
+        if cls is None:
+            near = get_close_matches(name, classes, n=1)
+            problems.append(f"{name}: no such JupyterHub class" + (f" (did you mean {near[0]!r}?)" if near else ""))
+            continue
+        known = cls.class_trait_names(config=True)
+        for key in settings:
+            if key in RETIRED_SETTINGS and issubclass(cls, classes["BatchSpawnerBase"]):
+                problems.append(f"{name}.{key}: does nothing in CampusHub: set {RETIRED_SETTINGS[key]}")
+            elif key not in known:
+                near = get_close_matches(key, known, n=1)
+                problems.append(f"{name}.{key}: {name} has no such setting" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    return problems
+
+
+def apply_extra(c: Config, site: Site, state: StateDir) -> None:
+    # last: the site's own choice of what CampusHub does not model
+    for name, settings in site.hub.extra_config.items():
+        for key, value in settings.items():
+            c[name][key] = value
+
+
 def hub_config(site: Site) -> Config:
     """The whole JupyterHub config for a site."""
     state = StateDir(site.hub.state_dir).ensure()
     c = Config()
-    for apply in (apply_hub, apply_proxy, apply_auth, apply_spawner, apply_culling):
+    for apply in (apply_hub, apply_proxy, apply_auth, apply_spawner, apply_culling, apply_extra):
         apply(c, site, state)
     return c
 

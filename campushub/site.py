@@ -81,6 +81,23 @@ class HubSettings(Section):
         Path("campushub-state"),
         description="Folder for the hub database (SQLite), generated secrets and logs. Created with mode 0700.",
     )
+    extra_config: dict[str, dict[str, Any]] = Field(
+        {},
+        description="JupyterHub settings that the site file does not model, as {Class: {setting: value}} "
+        "(e.g. {JupyterHub: {shutdown_on_logout: true}}), applied after the site file. Each class and setting "
+        "must exist; `campushub config check` lists them.",
+    )
+
+    @field_validator("extra_config")
+    @classmethod
+    def _known_settings(cls, extra: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if extra:
+            from .hubconfig import extra_config_problems  # imports JupyterHub: only when there is something to check
+
+            problems = extra_config_problems(extra)
+            if problems:
+                raise ValueError("not JupyterHub settings: " + "; ".join(problems))
+        return extra
 
 
 class ProxySettings(Section):

@@ -361,7 +361,9 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         only = granted[0] if len(granted) == 1 else None
         if only and not (only.choices.gpus or only.choices.hours) and not notice:
             return ""  # nothing to choose: start right away
-        return options_form(granted, self.slurm, notice)
+        # the hub's Jinja environment: a site's JupyterHub.template_paths may hold its own form
+        hub_templates = (getattr(self.user, "settings", None) or {}).get("jinja2_env")
+        return options_form(granted, self.slurm, notice, hub_templates)
 
     def options_from_form(self, formdata):
         options = options_from_form(formdata)

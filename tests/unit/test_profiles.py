@@ -105,6 +105,15 @@ def test_the_form_lists_granted_profiles_escaped_with_their_choices():
     assert "1 CPU · 4G memory · 1 GPU (a100) · 1-12 h" in html
 
 
+def test_a_site_can_replace_the_form_template():
+    from jinja2 import DictLoader, Environment
+
+    env = Environment(loader=DictLoader({"campushub-spawn-form.html": "{% for p in profiles %}[{{ p.slug }}]{% endfor %}"}))
+    assert options_form(granted({"researchers": {}}), DEFAULTS, env=env) == "[cpu][gpu-1]"
+    # a hub whose template folders hold no form of their own uses CampusHub's
+    assert 'value="gpu-1"' in options_form(granted({"researchers": {}}), DEFAULTS, env=Environment(loader=DictLoader({})))
+
+
 def test_form_fields_of_the_chosen_profile_only():
     form = {"profile": ["gpu-1"], "hours-gpu-1": ["5"], "gpus-gpu-multi": ["4"]}
     assert options_from_form(form) == {"profile": "gpu-1", "hours": "5"}
