@@ -52,6 +52,9 @@ def find_proxy() -> str:
 def cmd_config_check(args) -> int:
     site = load_site(args.file)
     print(f"OK: {site.source} (spawner backend: {site.spawner.backend}, login: {site.auth.kind})")
+    for name, settings in site.hub.extra_config.items():
+        for key, value in settings.items():
+            print(f"  extra JupyterHub setting (hub.extra_config): {name}.{key} = {value!r}")
     return 0
 
 

@@ -113,7 +113,7 @@ def apply_spawner(c: Config, site: Site, state: StateDir) -> None:
     c.Spawner.default_url = "/lab"
     c.Spawner.start_timeout = s.start_timeout
     c.Spawner.http_timeout = s.http_timeout
-    c.Spawner.poll_interval = s.poll_interval
+    c.Spawner.poll_interval = s.running_check_interval
     if s.backend == "local":
         apply_local(c, site, state)
     else:
@@ -133,8 +133,7 @@ def apply_local(c: Config, site: Site, state: StateDir) -> None:
         from .spawners.local import LocalSpawner
 
         c.JupyterHub.spawner_class = LocalSpawner
-        c.LocalSpawner.min_uid = site.users.min_uid
-        c.LocalSpawner.max_uid = site.users.max_uid
+        c.LocalSpawner.users = site.users
         return
     # The demo: every server is a process of the hub's own account, on loopback.
     c.JupyterHub.spawner_class = "simple"
@@ -148,24 +147,10 @@ def apply_slurm(c: Config, site: Site, state: StateDir) -> None:
     # before the hub builds its URL handlers.
     from .spawners.slurm import SlurmSpawner
 
-    slurm = site.spawner.slurm
     c.JupyterHub.spawner_class = SlurmSpawner
-    c.SlurmSpawner.partition = slurm.partition
-    c.SlurmSpawner.account = slurm.account or ""
-    c.SlurmSpawner.qos = slurm.qos or ""
-    c.SlurmSpawner.cpus = slurm.cpus
-    c.SlurmSpawner.memory = slurm.memory
-    c.SlurmSpawner.walltime = slurm.walltime
-    c.SlurmSpawner.python_env = str(slurm.python_env or "")
-    c.SlurmSpawner.prologue = slurm.prologue
-    c.SlurmSpawner.submit_prefix = list(slurm.submit_prefix)
-    c.SlurmSpawner.min_uid = site.users.min_uid
-    c.SlurmSpawner.max_uid = site.users.max_uid
-    c.SlurmSpawner.startup_poll_interval = slurm.poll_interval
+    c.SlurmSpawner.slurm = site.spawner.slurm
+    c.SlurmSpawner.users = site.users
     c.SlurmSpawner.profiles = list(site.profiles)
-    c.SlurmSpawner.container_runtime = slurm.container.runtime
-    c.SlurmSpawner.container_image = slurm.container.image or ""
-    c.SlurmSpawner.container_options = list(slurm.container.options)
 
 
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
@@ -198,11 +183,64 @@ def apply_culling(c: Config, site: Site, state: StateDir) -> None:
     ]
 
 
+def configurable_classes() -> dict[str, type]:
+    """The classes whose settings hub.extra_config may set: JupyterHub's own and CampusHub's."""
+    from jupyterhub.app import JupyterHub
+    from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner
+    from oauthenticator.generic import GenericOAuthenticator
+    from oauthenticator.github import GitHubOAuthenticator
+
+    from .auth import CampusGitHubOAuthenticator, CampusOIDCAuthenticator
+    from .spawners.local import LocalSpawner
+    from .spawners.slurm import SlurmSpawner
+
+    found: dict[str, type] = {}
+    for cls in [
+        *JupyterHub().classes, LocalProcessSpawner, SimpleLocalProcessSpawner, LocalSpawner, SlurmSpawner,
+        GenericOAuthenticator, GitHubOAuthenticator, CampusOIDCAuthenticator, CampusGitHubOAuthenticator,
+    ]:  # fmt: skip
+        for parent in cls.mro():
+            if hasattr(parent, "class_trait_names"):
+                found.setdefault(parent.__name__, parent)
+    return found
+
+
+def extra_config_problems(extra: dict[str, dict]) -> list[str]:
+    """One line per unknown class or setting in hub.extra_config, with the nearest valid name."""
+    from difflib import get_close_matches
+
+    from .spawners.slurm import RETIRED_SETTINGS
+
+    classes = configurable_classes()
+    problems = []
+    for name, settings in extra.items():
+        cls = classes.get(name)
+        if cls is None:
+            near = get_close_matches(name, classes, n=1)
+            problems.append(f"{name}: no such JupyterHub class" + (f" (did you mean {near[0]!r}?)" if near else ""))
+            continue
+        known = cls.class_trait_names(config=True)
+        for key in settings:
+            if key in RETIRED_SETTINGS and issubclass(cls, classes["BatchSpawnerBase"]):
+                problems.append(f"{name}.{key}: does nothing in CampusHub: set {RETIRED_SETTINGS[key]}")
+            elif key not in known:
+                near = get_close_matches(key, known, n=1)
+                problems.append(f"{name}.{key}: {name} has no such setting" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    return problems
+
+
+def apply_extra(c: Config, site: Site, state: StateDir) -> None:
+    # last: the site's own choice of what CampusHub does not model
+    for name, settings in site.hub.extra_config.items():
+        for key, value in settings.items():
+            c[name][key] = value
+
+
 def hub_config(site: Site) -> Config:
     """The whole JupyterHub config for a site."""
     state = StateDir(site.hub.state_dir).ensure()
     c = Config()
-    for apply in (apply_hub, apply_proxy, apply_auth, apply_spawner, apply_culling):
+    for apply in (apply_hub, apply_proxy, apply_auth, apply_spawner, apply_culling, apply_extra):
         apply(c, site, state)
     return c
 

@@ -12,19 +12,21 @@ granted, is a `ProfileError` naming the field; only the typed `SpawnRequest` rea
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Protocol
 
+from jinja2 import Environment, FileSystemLoader, TemplateNotFound
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 GROUP_PROPERTY = "campushub_profiles"
 OPTION_KEYS = ("profile", "gpus", "hours")
 
 SlurmName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-Walltime = Annotated[str, Field(pattern=r"^([0-9]+-)?[0-9]{1,2}:[0-9]{2}:[0-9]{2}$")]
+WALLTIME = r"(?:([0-9]+)-)?([0-9]{1,2}):([0-9]{2}):([0-9]{2})"  # Slurm's [days-]hours:minutes:seconds
+Walltime = Annotated[str, Field(pattern=f"^{WALLTIME}$")]
 Memory = Annotated[str, Field(pattern=r"^[1-9][0-9]*[KMGT]?$")]
 
 
@@ -92,8 +94,9 @@ class Profile(Model):
         return self
 
 
-@dataclass(frozen=True)
-class SlurmDefaults:
+class SlurmDefaults(Protocol):
+    """What a profile leaves unset comes from here: the site file's spawner.slurm."""
+
     partition: str
     cpus: int
     memory: str
@@ -121,7 +124,7 @@ class SpawnRequest:
 
 def walltime_hours(walltime: str) -> int:
     """Whole hours of a [days-]hh:mm:ss walltime, rounded up."""
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d+):(\d+)", walltime)
+    m = re.fullmatch(WALLTIME, walltime)
     days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
     total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
     return -(-total // 3600)
@@ -229,43 +232,29 @@ def summary(profile: Profile, defaults: SlurmDefaults) -> str:
     return " · ".join(parts)
 
 
-FORM_STYLE = """<style>
-.campushub-profile{display:block;border:1px solid #ccc;border-radius:6px;padding:10px 14px;margin:8px 0;cursor:pointer}
-.campushub-profile:has(input[type=radio]:checked){border-color:#f37726;box-shadow:0 0 0 1px #f37726}
-.campushub-profile .summary{color:#555;font-size:90%}
-.campushub-profile .choices{margin-top:6px}
-.campushub-profile .choices input{width:5em;margin:0 12px 0 4px}
-.campushub-notice{padding:8px 12px;margin:8px 0;border-left:4px solid #f0ad4e;background:#fcf8e3}
-</style>"""
+TEMPLATES = Path(__file__).with_name("templates")
+FORM_TEMPLATE = "campushub-spawn-form.html"
 
 
-def options_form(granted: list[Profile], defaults: SlurmDefaults, notice: str = "") -> str:
-    """The spawn page's form: one card per granted profile, with inputs for its choices."""
-    e = html.escape
-    chosen = default_profile(granted).slug if granted else ""
-    out = [FORM_STYLE]
-    if notice:
-        out.append(f'<div class="campushub-notice">{e(notice)}</div>')
-    if not granted:
-        out.append("<p>No profile is granted to you yet; ask your administrators.</p>")
-    for p in granted:
-        checked = " checked" if p.slug == chosen else ""
-        out.append(f'<label class="campushub-profile"><input type="radio" name="profile" value="{e(p.slug)}"{checked}>')
-        out.append(f" <strong>{e(p.display_name)}</strong>")
-        if p.description:
-            out.append(f"<div>{e(p.description)}</div>")
-        out.append(f'<div class="summary">{e(summary(p, defaults))}</div>')
-        inputs = []
-        if p.choices.gpus:
-            b = p.choices.gpus
-            inputs.append(
-                f'GPUs<input type="number" name="gpus-{e(p.slug)}" min="{b.min}" max="{b.max}" value="{p.resources.gpus}">'
-            )
-        if p.choices.hours:
-            b = p.choices.hours
-            start = walltime_hours(p.resources.walltime) if p.resources.walltime else b.min
-            inputs.append(f'Hours<input type="number" name="hours-{e(p.slug)}" min="{b.min}" max="{b.max}" value="{start}">')
-        if inputs:
-            out.append(f'<div class="choices">{"".join(inputs)}</div>')
-        out.append("</label>")
-    return "\n".join(out)
+def options_form(granted: list[Profile], defaults: SlurmDefaults, notice: str = "", env: Environment | None = None) -> str:
+    """The spawn page's form (templates/campushub-spawn-form.html), rendered with autoescaping by `env`
+    (the hub's, so that a site's template_paths can override it) or CampusHub's own."""
+    template = None
+    if env is not None:
+        try:
+            template = env.get_template(FORM_TEMPLATE)
+        except TemplateNotFound:
+            pass
+    if template is None:
+        template = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True).get_template(FORM_TEMPLATE)
+    return template.render(
+        profiles=granted,
+        chosen=default_profile(granted).slug if granted else "",
+        notice=notice,
+        summaries={p.slug: summary(p, defaults) for p in granted},
+        start_hours={
+            p.slug: walltime_hours(p.resources.walltime) if p.resources.walltime else p.choices.hours.min
+            for p in granted
+            if p.choices.hours
+        },
+    )

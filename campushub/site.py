@@ -30,6 +30,15 @@ GroupName = Annotated[str, Field(min_length=1, max_length=255)]
 Url = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
 
 
+def moved_keys(data: Any, moved: dict[str, str]) -> Any:
+    """A clear error for a key of an earlier release that has a new name."""
+    if isinstance(data, dict):
+        for old, new in moved.items():
+            if old in data:
+                raise ValueError(f"{old} has been renamed: set {new}")
+    return data
+
+
 class Section(Model):
 
     @field_validator("*", mode="after")
@@ -72,6 +81,23 @@ class HubSettings(Section):
         Path("campushub-state"),
         description="Folder for the hub database (SQLite), generated secrets and logs. Created with mode 0700.",
     )
+    extra_config: dict[str, dict[str, Any]] = Field(
+        {},
+        description="JupyterHub settings that the site file does not model, as {Class: {setting: value}} "
+        "(e.g. {JupyterHub: {shutdown_on_logout: true}}), applied after the site file. Each class and setting "
+        "must exist; `campushub config check` lists them.",
+    )
+
+    @field_validator("extra_config")
+    @classmethod
+    def _known_settings(cls, extra: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if extra:
+            from .hubconfig import extra_config_problems  # imports JupyterHub: only when there is something to check
+
+            problems = extra_config_problems(extra)
+            if problems:
+                raise ValueError("not JupyterHub settings: " + "; ".join(problems))
+        return extra
 
 
 class ProxySettings(Section):
@@ -238,20 +264,18 @@ class SlurmSettings(Section):
         "'{username}' is replaced. Run without a shell.",
     )
     container: ContainerSettings = Field({}, description="Run the server in a container inside the job.")
-    poll_interval: float = Field(
+    startup_check_interval: float = Field(
         1.0,
         gt=0,
         le=60,
-        description="Seconds between job-state checks while a server's job is pending; while the server "
-        "loads, its job is checked after 3 intervals, then at doubling intervals up to 10.",
+        description="Seconds between job-state checks while a server starts: every interval while its job is "
+        "pending; while the server loads, after 3 intervals, then at doubling intervals up to 10.",
     )
 
     @model_validator(mode="before")
     @classmethod
     def _moved(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "min_uid" in data:
-            raise ValueError("min_uid has moved to users.min_uid (with users.max_uid)")
-        return data
+        return moved_keys(data, {"min_uid": "users.min_uid", "poll_interval": "spawner.slurm.startup_check_interval"})
 
     @field_validator("submit_prefix")
     @classmethod
@@ -280,11 +304,16 @@ class SpawnerSettings(Section):
         300, ge=10, description="Seconds a server may take to start (queue wait included) before the spawn fails."
     )
     http_timeout: int = Field(60, ge=5, description="Seconds a started server may take to answer HTTP.")
-    poll_interval: int = Field(
-        30, ge=1, description="Seconds between checks that a running server is still alive."
+    running_check_interval: int = Field(
+        30, ge=1, description="Seconds between checks that a running server is still alive (its job, its process)."
     )
     slurm: SlurmSettings | None = Field(None, description="Settings of the Slurm backend.")
     local: LocalSettings = Field({}, description="Settings of the local backend.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return moved_keys(data, {"poll_interval": "spawner.running_check_interval"})
 
     @model_validator(mode="after")
     def _backend_settings(self) -> SpawnerSettings:

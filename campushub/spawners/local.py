@@ -5,15 +5,15 @@ shell get no server, whoever asks for it (an admin's REST call included)."""
 from __future__ import annotations
 
 from jupyterhub.spawner import LocalProcessSpawner
-from traitlets import Integer
+from traitlets import Instance
 
+from ..site import UsersSettings
 from .slurm import unix_account
 
 
 class LocalSpawner(LocalProcessSpawner):
-    min_uid = Integer(1000, help="Lowest uid that may get a server.").tag(config=True)
-    max_uid = Integer(60000, help="Highest uid that may get a server.").tag(config=True)
+    users = Instance(UsersSettings, (), help="The site file's users: which accounts may get a server.").tag(config=True)
 
     async def start(self):
-        unix_account(self.user.name, self.min_uid, self.max_uid)
+        unix_account(self.user.name, self.users.min_uid, self.users.max_uid)
         return await super().start()

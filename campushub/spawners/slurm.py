@@ -28,13 +28,13 @@ from batchspawner import JobStatus
 from jupyterhub import apihandlers
 from jupyterhub.apihandlers import APIHandler
 from tornado import web
-from traitlets import Any, Dict, Float, Integer, List, Unicode, default
+from traitlets import Any, Dict, Float, Instance, Integer, List, Unicode, default
 
 from ..auth import account_problem
+from ..site import ContainerSettings, SlurmSettings, UsersSettings
 from ..profiles import (
     Profile,
     ProfileError,
-    SlurmDefaults,
     SpawnRequest,
     granted_profiles,
     options_form,
@@ -105,8 +105,9 @@ def pending_message(reason: str, start: str, request: SpawnRequest | None) -> st
     return f"{text}; estimated start {when:%H:%M} (in about {minutes} min)"
 
 
-def container_command(runtime: str, image: str, options: list[str], home: str, gpus: int) -> list[str]:
+def container_command(container: ContainerSettings, home: str, gpus: int) -> list[str]:
     """The words that run the server's command in a container (none: no words)."""
+    runtime, image, options = container.runtime, container.image or "", list(container.options)
     if runtime == "none":
         return []
     if runtime == "apptainer":
@@ -148,6 +149,42 @@ def unix_account(name: str, min_uid: int, max_uid: int) -> pwd.struct_passwd:
     if problem:
         raise SpawnError(f"{problem}: it gets no server.")
     return account
+
+
+# batchspawner's settings that CampusHub's Slurm spawner replaces, and what to set instead.
+RETIRED_SETTINGS = {
+    **dict.fromkeys(("req_partition", "req_queue"), "spawner.slurm.partition"),
+    "req_nprocs": "spawner.slurm.cpus",
+    "req_memory": "spawner.slurm.memory",
+    "req_runtime": "spawner.slurm.walltime",
+    "req_account": "spawner.slurm.account",
+    "req_qos": "spawner.slurm.qos",
+    **dict.fromkeys(("req_ngpus", "req_gres"), "profiles[].resources.gpus (and gpu_type)"),
+    **dict.fromkeys(("req_prologue", "req_epilogue", "batch_script"), "spawner.slurm.prologue"),
+    **dict.fromkeys(("req_options", "req_cluster", "req_reservation", "req_host"), "a profile, or Slurm's own defaults"),
+    "req_srun": "spawner.slurm.container.runtime: pyxis",
+    "req_keepvars_extra": "spawner.environment in a JupyterHub config (hub.extra_config)",
+    **dict.fromkeys(
+        ("exec_prefix", "batch_submit_cmd", "batch_query_cmd", "batch_cancel_cmd"), "spawner.slurm.submit_prefix"
+    ),
+    **dict.fromkeys(
+        ("state_pending_re", "state_running_re", "state_exechost_re", "state_unknown_re", "state_exechost_exp"),
+        "nothing: CampusHub reads squeue's job states itself",
+    ),
+    "startup_poll_interval": "spawner.slurm.startup_check_interval",
+}
+
+
+def retired_settings(config, cls=None) -> list[tuple[str, str]]:
+    """(key, what to set instead) for each retired batchspawner setting in a JupyterHub config."""
+    sections = [c.__name__ for c in (cls or SlurmSpawner).mro() if hasattr(c, "class_trait_names")]
+    return [
+        (key, RETIRED_SETTINGS[key])
+        for section in sections
+        if section in config
+        for key in config[section]
+        if key in RETIRED_SETTINGS
+    ]
 
 
 class PortReportError(ValueError):
@@ -205,28 +242,10 @@ def classify_squeue(returncode: int, out: str, err: str) -> tuple[JobStatus, str
 class SlurmSpawner(batchspawner.SlurmSpawner):
     """A user's server as a Slurm job, submitted as the user's unix account."""
 
-    partition = Unicode(help="Slurm partition (sbatch --partition).").tag(config=True)
-    account = Unicode("", help="Slurm account (sbatch --account); empty for none.").tag(config=True)
-    qos = Unicode("", help="Slurm QOS (sbatch --qos); empty for none.").tag(config=True)
-    cpus = Integer(1, help="CPUs per server (sbatch --cpus-per-task).").tag(config=True)
-    memory = Unicode("4G", help="Memory per server (sbatch --mem).").tag(config=True)
-    walltime = Unicode("08:00:00", help="Time limit of the job (sbatch --time).").tag(config=True)
-    python_env = Unicode(
-        "", help="Prefix of the Python environment on the nodes whose bin/ holds jupyterhub-singleuser."
+    slurm = Instance(
+        SlurmSettings, allow_none=True, help="The site file's spawner.slurm: partition, resources, prologue ..."
     ).tag(config=True)
-    prologue = Unicode("", help="Admin's shell lines run in the job before the server.").tag(config=True)
-    submit_prefix = List(
-        Unicode(),
-        ["sudo", "-E", "-u", "{username}"],
-        help="Argument list that runs a command as the user; '{username}' is replaced.",
-    ).tag(config=True)
-    min_uid = Integer(1000, help="Lowest uid that may get a server.").tag(config=True)
-    max_uid = Integer(60000, help="Highest uid that may get a server.").tag(config=True)
-    container_runtime = Unicode("none", help="none, apptainer, podman or pyxis.").tag(config=True)
-    container_image = Unicode("", help="The container image (see the site file's spawner.slurm.container).").tag(
-        config=True
-    )
-    container_options = List(Unicode(), help="Extra arguments for the container runtime.").tag(config=True)
+    users = Instance(UsersSettings, (), help="The site file's users: which accounts may get a server.").tag(config=True)
     batchspawner_singleuser_cmd = Unicode(
         "campushub-singleuser",
         help="Starts the server in the job on a free port and reports the port once the server listens "
@@ -245,9 +264,12 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
 
     # --- profiles and the spawn request -----------------------------------------------------
 
-    @property
-    def slurm_defaults(self) -> SlurmDefaults:
-        return SlurmDefaults(partition=self.partition, cpus=self.cpus, memory=self.memory, walltime=self.walltime)
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.slurm is None:
+            raise ValueError("SlurmSpawner needs its settings: spawner.slurm in the site file")
+        for key, instead in retired_settings(self.config, type(self)):
+            self.log.warning("SlurmSpawner.%s does nothing in CampusHub: set %s instead", key, instead)
 
     def all_profiles(self) -> list[Profile]:
         return list(self.profiles) or [
@@ -262,7 +284,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         """user_options -> SpawnRequest; a refusal is a 400 whose message names the field."""
         try:
             return resolve_request(
-                options, profiles=self.all_profiles(), granted=self.granted_profiles(), defaults=self.slurm_defaults
+                options, profiles=self.all_profiles(), granted=self.granted_profiles(), defaults=self.slurm
             )
         except ProfileError as e:
             raise web.HTTPError(400, "%s", str(e)) from None
@@ -339,7 +361,9 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         only = granted[0] if len(granted) == 1 else None
         if only and not (only.choices.gpus or only.choices.hours) and not notice:
             return ""  # nothing to choose: start right away
-        return options_form(granted, self.slurm_defaults, notice)
+        # the hub's Jinja environment: a site's JupyterHub.template_paths may hold its own form
+        hub_templates = (getattr(self.user, "settings", None) or {}).get("jinja2_env")
+        return options_form(granted, self.slurm, notice, hub_templates)
 
     def options_from_form(self, formdata):
         options = options_from_form(formdata)
@@ -364,7 +388,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     # --- the unix account ---------------------------------------------------------------
 
     def unix_account(self) -> pwd.struct_passwd:
-        return unix_account(self.user.name, self.min_uid, self.max_uid)
+        return unix_account(self.user.name, self.users.min_uid, self.users.max_uid)
 
     def user_env(self, env):
         account = self.unix_account()
@@ -381,7 +405,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         Its environment is `env` or, by default, only what Slurm's commands need (`command_env`): never
         the hub's own, which holds its secrets and which a user could read from /proc.
         """
-        prefix = [w.replace("{username}", self.user.name) for w in self.submit_prefix]
+        prefix = [w.replace("{username}", self.user.name) for w in self.slurm.submit_prefix]
         proc = await asyncio.create_subprocess_exec(
             *prefix, *argv,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -420,10 +444,10 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         ]  # fmt: skip
         if request.gres:
             args.append(f"--gres={request.gres}")
-        if self.account:
-            args.append(f"--account={self.account}")
-        if self.qos:
-            args.append(f"--qos={self.qos}")
+        if self.slurm.account:
+            args.append(f"--account={self.slurm.account}")
+        if self.slurm.qos:
+            args.append(f"--qos={self.slurm.qos}")
         return args
 
     def render_batch_script(self) -> str:
@@ -437,14 +461,11 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             'export CAMPUSHUB_JOB_END="$(date -d "$(squeue -h -j "$SLURM_JOB_ID" -o %e)" --iso-8601=seconds'
             ' 2>/dev/null || true)"',
         ]
-        if self.prologue:
-            lines.append(self.prologue)
-        if self.python_env:
-            lines.append(f"export PATH={shlex.quote(os.path.join(self.python_env, 'bin'))}:\"$PATH\"")
-        container = container_command(
-            self.container_runtime, self.container_image, list(self.container_options),
-            self.unix_account().pw_dir, request.gpus,
-        )  # fmt: skip
+        if self.slurm.prologue:
+            lines.append(self.slurm.prologue)
+        if self.slurm.python_env:
+            lines.append(f"export PATH={shlex.quote(os.path.join(self.slurm.python_env, 'bin'))}:\"$PATH\"")
+        container = container_command(self.slurm.container, self.unix_account().pw_dir, request.gpus)
         words = [*container, self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
         lines.append("exec " + shlex.join(words))
         return "\n".join(lines) + "\n"
@@ -563,12 +584,12 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                 error = await self.job_ended_error(job_id, "before its server started")
                 self.clear_state()
                 raise error
-            await asyncio.sleep(self.startup_poll_interval)
+            await asyncio.sleep(self.slurm.startup_check_interval)
         self.ip = self.state_gethost()
         # The port report (PortReportHandler) wakes us. Meanwhile, check that the job still runs: after 3
         # poll intervals, then twice as long each time, up to 10. Each check costs the hub a sudo and an
         # squeue, times every starting user, and a job that fails mostly fails right at its start.
-        wait = 3 * self.startup_poll_interval
+        wait = 3 * self.slurm.startup_check_interval
         while not self.port:
             try:
                 await asyncio.wait_for(self._port_reported.wait(), wait)
@@ -577,7 +598,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                     error = await self.job_ended_error(job_id, "before its server started")
                     self.clear_state()
                     raise error
-                wait = min(2 * wait, 10 * self.startup_poll_interval)
+                wait = min(2 * wait, 10 * self.slurm.startup_check_interval)
         self.log.info("Server job %s of %s runs at %s:%s", job_id, self.user.name, self.ip, self.port)
         self.last_stop = {}
         return self.ip, self.port

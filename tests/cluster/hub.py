@@ -37,7 +37,7 @@ def slurm_site(singleuser_env, **extra) -> dict:
                 "memory": "1G",
                 "walltime": "01:00:00",
                 "python_env": str(singleuser_env),
-                "poll_interval": 0.5,
+                "startup_check_interval": 0.5,
             },
         }
     }

@@ -42,7 +42,7 @@ ENDED = ("GONE", "COMPLETED", "CANCELLED")
 def hub(slurm, unix_users, singleuser_env, tmp_path_factory):
     site = slurm_site(
         singleuser_env,
-        spawner={"start_timeout": 120, "poll_interval": 5},
+        spawner={"start_timeout": 120, "running_check_interval": 5},
         culling={"idle_timeout": IDLE_TIMEOUT, "check_every": CHECK_EVERY, "activity_interval": ACTIVITY_INTERVAL},
     )
     with running_hub(slurm, tmp_path_factory.mktemp("culling-hub"), site) as running:

@@ -37,7 +37,7 @@ PROFILES = [
 @pytest.fixture(scope="module")
 def hub(slurm, unix_users, singleuser_env, tmp_path_factory):
     site = slurm_site(
-        singleuser_env, auth={"admin_users": [ADMIN]}, spawner={"poll_interval": POLL_INTERVAL}, profiles=PROFILES
+        singleuser_env, auth={"admin_users": [ADMIN]}, spawner={"running_check_interval": POLL_INTERVAL}, profiles=PROFILES
     )
     with running_hub(slurm, tmp_path_factory.mktemp("profiles-hub"), site) as running:
         yield running

@@ -33,7 +33,7 @@ esac"""
 
 @pytest.fixture(scope="module")
 def hub(slurm, unix_users, singleuser_env, tmp_path_factory):
-    site = slurm_site(singleuser_env, spawner={"poll_interval": POLL_INTERVAL, "slurm": {"prologue": PROLOGUE}})
+    site = slurm_site(singleuser_env, spawner={"running_check_interval": POLL_INTERVAL, "slurm": {"prologue": PROLOGUE}})
     with running_hub(slurm, tmp_path_factory.mktemp("slurm-hub"), site) as running:
         yield running
 

@@ -110,4 +110,4 @@ def test_uid_bounds():
         "users: min_uid must not be larger than max_uid"
     ]
     moved = problems({"spawner": {"backend": "slurm", "slurm": {"partition": "gpu", "min_uid": 500}}})
-    assert any("min_uid has moved to users.min_uid" in p for p in moved), moved
+    assert moved == ["spawner.slurm: min_uid has been renamed: set users.min_uid"]

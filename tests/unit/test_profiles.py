@@ -7,14 +7,14 @@ import pytest
 from campushub.profiles import (
     Profile,
     ProfileError,
-    SlurmDefaults,
     granted_profiles,
     options_form,
     options_from_form,
     resolve_request,
 )
+from campushub.site import SlurmSettings
 
-DEFAULTS = SlurmDefaults(partition="gpu", cpus=1, memory="4G", walltime="08:00:00")
+DEFAULTS = SlurmSettings(partition="gpu", cpus=1, memory="4G", walltime="08:00:00")
 CPU = Profile(slug="cpu", display_name="CPU", everyone=True, default=True, resources={"cpus": 2})
 GPU = Profile(
     slug="gpu-1",
@@ -103,6 +103,15 @@ def test_the_form_lists_granted_profiles_escaped_with_their_choices():
     assert "One GPU &lt;fast&gt;" in html and "A100 &amp; friends" in html and "&lt;time&gt;" in html
     assert 'name="hours-gpu-1" min="1" max="12" value="4"' in html
     assert "1 CPU · 4G memory · 1 GPU (a100) · 1-12 h" in html
+
+
+def test_a_site_can_replace_the_form_template():
+    from jinja2 import DictLoader, Environment
+
+    env = Environment(loader=DictLoader({"campushub-spawn-form.html": "{% for p in profiles %}[{{ p.slug }}]{% endfor %}"}))
+    assert options_form(granted({"researchers": {}}), DEFAULTS, env=env) == "[cpu][gpu-1]"
+    # a hub whose template folders hold no form of their own uses CampusHub's
+    assert 'value="gpu-1"' in options_form(granted({"researchers": {}}), DEFAULTS, env=Environment(loader=DictLoader({})))
 
 
 def test_form_fields_of_the_chosen_profile_only():

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from campushub.hubconfig import hub_config
 from campushub.site import Site, SiteError, load_site, parse_site, site_schema
 
 EXAMPLE = Path(__file__).parents[2] / "hub_config" / "campushub.example.yaml"
@@ -161,7 +162,7 @@ def data_keys(data: dict, prefix: str = "") -> set[str]:
     keys = set()
     for name, value in data.items():
         keys.add(f"{prefix}{name}")
-        if isinstance(value, dict):
+        if isinstance(value, dict) and name != "extra_config":  # its keys are JupyterHub's
             keys |= data_keys(value, f"{prefix}{name}.")
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             for item in value:
@@ -222,3 +223,25 @@ def test_a_container_runtime_needs_an_image():
     ]
     slurm["container"] = {"runtime": "docker", "image": "x"}
     assert problems({"spawner": {"backend": "slurm", "slurm": slurm}})[0].startswith("spawner.slurm.container.runtime:")
+
+
+def test_extra_config_is_checked_against_jupyterhubs_own_settings():
+    extra = {"JupyterHub": {"shutdown_on_logout": True}, "Spawner": {"notebook_dir": "~/work"}}
+    assert parse_site({"hub": {"extra_config": extra}}).hub.extra_config == extra
+    found = problems({"hub": {"extra_config": {
+        "JupyterHub": {"shutdown_on_logot": True}, "SlurmSpawner": {"req_partition": "gpu"}, "Spawnr": {},
+    }}})  # fmt: skip
+    assert found == [
+        "hub.extra_config: not JupyterHub settings: JupyterHub.shutdown_on_logot: JupyterHub has no such setting "
+        "(did you mean 'shutdown_on_logout'?); SlurmSpawner.req_partition: does nothing in CampusHub: set "
+        "spawner.slurm.partition; Spawnr: no such JupyterHub class (did you mean 'Spawner'?)"
+    ]
+
+
+def test_extra_config_comes_after_the_site_file(tmp_path):
+    site = parse_site({"hub": {"state_dir": str(tmp_path), "extra_config": {
+        "JupyterHub": {"shutdown_on_logout": True}, "Spawner": {"http_timeout": 99},
+    }}})  # fmt: skip
+    c = hub_config(site)
+    assert c.JupyterHub.shutdown_on_logout is True
+    assert c.Spawner.http_timeout == 99  # the site file's spawner.http_timeout set it first

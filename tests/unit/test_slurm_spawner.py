@@ -13,6 +13,7 @@ from traitlets.config import Config
 from tornado import web
 
 from campushub.profiles import Profile, SpawnRequest
+from campushub.site import SlurmSettings, UsersSettings
 from campushub.spawners.slurm import (
     PortReportError,
     SlurmSpawner,
@@ -92,12 +93,13 @@ def test_a_job_line_gives_state_host_start_and_reason():
     assert s.state_gethost() == "node12"
 
 
-def spawner(**traits) -> SlurmSpawner:
-    c = Config()
-    c.SlurmSpawner.partition = "gpu"
-    c.SlurmSpawner.min_uid = 0  # root is the one account sure to exist here
-    for name, value in traits.items():
-        setattr(c.SlurmSpawner, name, value)
+def spawner(min_uid: int = 0, profiles=(), container=None, config: Config | None = None, **slurm) -> SlurmSpawner:
+    """A spawner for root (the one account sure to exist here), with spawner.slurm settings `slurm`."""
+    c = config or Config()
+    c.SlurmSpawner.slurm = SlurmSettings(partition="gpu", container=container or {}, **slurm)
+    # root has uid 0, which a site file cannot allow: built without validation
+    c.SlurmSpawner.users = UsersSettings.model_construct(accounts="directory", min_uid=min_uid, max_uid=60000)
+    c.SlurmSpawner.profiles = list(profiles)
     user = SimpleNamespace(name="root", url="/user/root/", escaped_name="root", admin=False, groups=[])
     return SlurmSpawner(config=c, user=user)
 
@@ -176,14 +178,24 @@ def test_pending_reasons_in_plain_words(reason, start, words):
     ],
 )  # fmt: skip
 def test_the_server_command_in_each_container_runtime(runtime, gpus, expected):
-    s = spawner(container_runtime=runtime, container_image="/img/lab.sif",
+    s = spawner(container={"runtime": runtime, "image": "/img/lab.sif"},
                 profiles=[Profile(slug="p", display_name="P", everyone=True, resources={"gpus": gpus})])  # fmt: skip
     words = shlex.split(s.render_batch_script().splitlines()[-1])
     assert words[0] == "exec" and words[1:] == expected
 
 
 def test_container_options_come_before_the_image():
-    s = spawner(container_runtime="podman", container_image="lab:1",
-                container_options=["--runtime", "runc", "--ulimit", "nofile=1024:1024"])  # fmt: skip
+    s = spawner(container={"runtime": "podman", "image": "lab:1",
+                           "options": ["--runtime", "runc", "--ulimit", "nofile=1024:1024"]})  # fmt: skip
     words = shlex.split(s.render_batch_script().splitlines()[-1])
     assert words[words.index("lab:1") - 4 : words.index("lab:1")] == ["--runtime", "runc", "--ulimit", "nofile=1024:1024"]
+
+
+def test_batchspawners_own_settings_are_not_silently_ignored(caplog):
+    c = Config()
+    c.SlurmSpawner.req_partition = "gpu"
+    c.BatchSpawnerBase.exec_prefix = "sudo -E -u {username}"
+    with caplog.at_level("WARNING"):
+        spawner(config=c)
+    assert "SlurmSpawner.req_partition does nothing in CampusHub: set spawner.slurm.partition instead" in caplog.text
+    assert "SlurmSpawner.exec_prefix does nothing in CampusHub: set spawner.slurm.submit_prefix instead" in caplog.text
