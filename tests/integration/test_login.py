@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import html
+import http.server
+import json
 import pwd
 import sqlite3
 import stat
 import subprocess
+import threading
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -251,3 +255,50 @@ def test_system_accounts_and_accounts_without_login_are_refused(hub, idp):
         assert "chub-daemon is an account without login (shell /usr/sbin/nologin)" in page
     finally:
         remove_user("chub-daemon")
+
+
+class SlowDiscovery(http.server.BaseHTTPRequestHandler):
+    """An issuer whose discovery document comes after a long pause, naming the real provider's endpoints."""
+
+    provider = ""
+    answered = threading.Event()
+
+    def do_GET(self):
+        time.sleep(8)
+        issuer = f"http://127.0.0.1:{self.server.server_port}"
+        body = json.dumps({
+            "issuer": issuer,
+            "authorization_endpoint": f"{self.provider}/oauth2/authorize",
+            "token_endpoint": f"{self.provider}/oauth2/token",
+            "userinfo_endpoint": f"{self.provider}/userinfo",
+        }).encode()  # fmt: skip
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+        type(self).answered.set()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_discovery_does_not_hold_up_the_hub(idp, secret, singleuser_env, slurm, tmp_path):
+    SlowDiscovery.provider = idp.url
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowDiscovery)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    site = site_for(idp, secret, singleuser_env, "directory")
+    site["auth"]["oidc"]["issuer"] = f"http://127.0.0.1:{server.server_port}"
+    try:
+        with running_hub(slurm, tmp_path / "slow-hub", site) as running:
+            login = {}
+            first = threading.Thread(
+                target=lambda: login.update(r=requests.get(f"{running.url}/hub/oauth_login", allow_redirects=False, timeout=60))
+            )
+            first.start()
+            time.sleep(1)  # the login is waiting on the discovery document now
+            assert requests.get(f"{running.url}/hub/api/", timeout=30).status_code == 200
+            assert not SlowDiscovery.answered.is_set(), "the hub answered only after the discovery"
+            first.join(60)
+            assert login["r"].status_code == 302 and login["r"].headers["location"].startswith(f"{idp.url}/oauth2/authorize")
+    finally:
+        server.shutdown()
