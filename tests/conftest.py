@@ -87,3 +87,11 @@ def pytest_runtest_makereport(item, call):
                 for log in ("slurmctld.log", "slurmd.log"):
                     report.sections.append((log, _tail(value.root / "log" / log, 40)))
     return report
+
+
+def pytest_sessionfinish(session):
+    """The campus login's provider serves from a thread that would keep the test process alive."""
+    from tests.cluster.idp import shared_provider
+
+    if shared_provider.cache_info().currsize:
+        shared_provider().close()
