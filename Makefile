@@ -63,10 +63,10 @@ clean:
 
 # Spawn-to-ready benchmark (as root, about 13 minutes): CampusHub's Slurm spawner vs stock batchspawner
 # vs a bare jupyterhub-singleuser, on a throwaway Slurm cluster. BENCH_ARGS="--write docs/benchmarks.md"
-# refreshes the results page.
+# refreshes the results page; it waits for the machine's test lock (see benchmarks/README.md).
 BENCH_ARGS ?=
 .PHONY: bench
 bench: test-system-packages install singleuser-env
 	@# the stock peer's port reporter, in the same single-user environment
 	$(SINGLEUSER_ENV)/bin/python -m pip install --quiet batchspawner==1.3.0 requests==2.34.2
-	CAMPUSHUB_TEST_SINGLEUSER_ENV=$(SINGLEUSER_ENV) $(VENV)/bin/python benchmarks/spawn.py $(BENCH_ARGS)
+	CAMPUSHUB_TEST_SINGLEUSER_ENV=$(SINGLEUSER_ENV) $(VENV)/bin/python -m benchmarks.spawn $(BENCH_ARGS)
