@@ -115,11 +115,11 @@ def verdicts(res: dict) -> list[str]:
     if ch and fl:
         ratio = pct(ch, 50) / pct(fl, 50)
         lo, hi = bootstrap(ch, fl, lambda x, y: x / y)
+        stock = f"{pct(st, 50) / pct(fl, 50):.2f}x" if st else "no spawn ready"
         lines.append(
             f"- CampusHub within 1.5x of the floor for one user: **{'met' if ratio <= 1.5 else 'not met'}**: "
             f"p50 {pct(ch, 50):.2f} s vs floor {pct(fl, 50):.2f} s, {ratio:.2f}x (95% bootstrap interval "
-            f"{lo:.2f}x to {hi:.2f}x; 1.5x would be {1.5 * pct(fl, 50):.2f} s). Stock batchspawner: "
-            f"{pct(st, 50) / pct(fl, 50):.2f}x."
+            f"{lo:.2f}x to {hi:.2f}x; 1.5x would be {1.5 * pct(fl, 50):.2f} s). Stock batchspawner: {stock}."
         )
     return lines
 

@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from benchmarks.report import RESULTS_END, RESULTS_START, page_problem, write_doc
+from benchmarks.report import RESULTS_END, RESULTS_START, console, page_problem, write_doc
 from benchmarks.stats import (
     bootstrap,
     listening_to_answer,
@@ -142,3 +142,11 @@ def test_a_page_without_markers_is_never_overwritten(tmp_path):
     assert page_problem(new) is None
     write_doc(new, saved_run())
     assert RESULTS_START in new.read_text() and "docs/benchmarks.md" in new.read_text()
+
+
+def test_a_run_whose_stock_spawns_all_failed_is_still_reported():
+    res = saved_run()
+    res["stock"]["sequential"] = [{"error": "timed out"}] * 3
+    text = console(res)
+    assert "| stock batchspawner 1.3.0 (SlurmSpawner), sequential (1 user) | 0 (3 failed) |" in text
+    assert "Stock batchspawner: no spawn ready." in text
