@@ -26,7 +26,7 @@ def timed_lines(path: Path, pattern: re.Pattern) -> list[tuple[float, str]]:
     for line in text.splitlines():
         m = pattern.match(line)
         if m:
-            out.append((_epoch(m.group(1)), line[m.end():]))
+            out.append((_epoch(m.group(1)), line[m.end() :]))
     return out
 
 
@@ -70,5 +70,3 @@ def job_log_path(backend: str, user: str, job_id: str | None) -> Path | None:
     if backend == "campushub":
         return home / ".campushub" / "logs" / f"jupyter-{job_id}.log"
     return home / f"jupyterhub_slurmspawner_{job_id}.log"
-
-

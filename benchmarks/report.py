@@ -73,7 +73,9 @@ PHASES = [
 def phase_table(res: dict) -> str:
     out = ["| phase of one sequential spawn (median, seconds) | CampusHub | stock |", "|---|---:|---:|"]
     for a, b, text in PHASES:
-        out.append(f"| {text} | {fmt(phase_median(res, 'campushub', a, b))} | {fmt(phase_median(res, 'stock', a, b))} |")
+        out.append(
+            f"| {text} | {fmt(phase_median(res, 'campushub', a, b))} | {fmt(phase_median(res, 'stock', a, b))} |"
+        )
     total = [fmt(summary(res[x]["sequential"]).get("p50")) for x in ("campushub", "stock")]
     out.append(f"| spawn to ready (p50) | {total[0]} | {total[1]} |")
     return "\n".join(out)
@@ -187,7 +189,7 @@ def results_block(res: dict) -> str:
         *verdicts(res),
         "",
         "Where the time of one spawn goes, from the hub's, Slurm's and the job's logs (each phase's median "
-        "is taken separately, so they add up to the total only roughly; the two \"meanwhile\" rows overlap "
+        'is taken separately, so they add up to the total only roughly; the two "meanwhile" rows overlap '
         "the others):",
         "",
         phase_table(res),
@@ -229,4 +231,3 @@ def write_doc(path: Path, res: dict) -> None:
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(NEW_PAGE + block + "\n")
-

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
@@ -103,18 +103,10 @@ class Bench:
         self.created_users = list(self.users)
         create_users(self.users)
         log("starting CampusHub (campushub proxy + campushub hub)")
-        site = {
-            "spawner": {
-                "backend": "slurm",
-                "slurm": {
-                    "partition": "gpu",
-                    "memory": "1G",
-                    "walltime": "01:00:00",
-                    "python_env": str(self.env),
-                    **({"poll_interval": self.args.campushub_poll_interval} if self.args.campushub_poll_interval else {}),
-                },
-            }
-        }
+        slurm = {"partition": "gpu", "memory": "1G", "walltime": "01:00:00", "python_env": str(self.env)}
+        if self.args.campushub_poll_interval:
+            slurm["poll_interval"] = self.args.campushub_poll_interval
+        site = {"spawner": {"backend": "slurm", "slurm": slurm}}
         self.hubs["campushub"] = RunningHub(self.root / "campushub", site).start()
         log("starting stock JupyterHub + batchspawner (its own proxy)")
         self.hubs["stock"] = StockHub(self.root / "stock", self.env).start()
@@ -147,7 +139,9 @@ class Bench:
                 self.check_time(f"sequential run {i + 1}")
                 if backend == "floor":
                     try:
-                        s = floor_once(self.floor_env, user, self.env, self.floor_token, self.root / f"floor-{i + 1}.log")
+                        s = floor_once(
+                            self.floor_env, user, self.env, self.floor_token, self.root / f"floor-{i + 1}.log"
+                        )
                     except BenchError as e:
                         s = {"error": str(e)}
                     self.res["floor"]["sequential"].append(s)
@@ -186,15 +180,9 @@ class Bench:
             hub, tokens = self.hubs[backend], self.tokens[backend]
             samples: dict[str, dict] = {}
             barrier = threading.Barrier(len(self.users))
-
-            def one(user):
-                barrier.wait()
-                try:
-                    samples[user] = spawn_to_ready(hub, user, tokens[user], self.args.spawn_timeout)
-                except (BenchError, requests.RequestException) as e:
-                    samples[user] = {"error": str(e)}
-
-            threads = [threading.Thread(target=one, args=(u,)) for u in self.users]
+            threads = [
+                threading.Thread(target=self._spawn_one, args=(hub, u, tokens[u], barrier, samples)) for u in self.users
+            ]
             ctld = next(d.pid for d in self.cluster.daemons if "slurmctld" in d.args[0])
             cpu0 = cpu_seconds(hub.hub.pid, children=True), cpu_seconds(ctld), time.monotonic()
             for t in threads:
@@ -223,6 +211,14 @@ class Bench:
             for t in stoppers:
                 t.join()
             wait_for(lambda: not self.cluster.jobs(), 120, "every job to end", 0.5)
+
+    def _spawn_one(self, hub, user, token, barrier, samples):
+        """One user's spawn in a concurrent round, released together with the others by the barrier."""
+        barrier.wait()
+        try:
+            samples[user] = spawn_to_ready(hub, user, token, self.args.spawn_timeout)
+        except (BenchError, requests.RequestException) as e:
+            samples[user] = {"error": str(e)}
 
     def _stop_quietly(self, hub, user, token):
         try:
@@ -267,14 +263,16 @@ class Bench:
 
         os_name = "Linux"
         try:
-            os_name = dict(
-                line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line
-            ).get("PRETTY_NAME", "Linux").strip('"')
+            os_name = (
+                dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line)
+                .get("PRETTY_NAME", "Linux")
+                .strip('"')
+            )
         except OSError:
             pass
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
         return {
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "host": platform.node(),
             "cpus": os.cpu_count(),
             "memory_gb": mem,

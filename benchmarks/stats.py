@@ -58,8 +58,7 @@ def bootstrap(a: list[float], b: list[float], stat, n: int = 4000) -> tuple[floa
     """95% bootstrap interval of stat(median of a, median of b), resampling each group."""
     rng = random.Random(0)
     vals = sorted(
-        stat(statistics.median(rng.choices(a, k=len(a))), statistics.median(rng.choices(b, k=len(b))))
-        for _ in range(n)
+        stat(statistics.median(rng.choices(a, k=len(a))), statistics.median(rng.choices(b, k=len(b)))) for _ in range(n)
     )
     return vals[int(0.025 * n)], vals[int(0.975 * n) - 1]
 
@@ -88,7 +87,6 @@ def makespan(res: dict, backend: str) -> float | None:
             r.append(s)
     spans = [max(x["ready"] for x in r) - min(x["start"] for x in r) for r in rounds.values()]
     return statistics.median(spans) if spans else None
-
 
 
 def round_median(res: dict, backend: str, key: str) -> float:

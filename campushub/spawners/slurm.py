@@ -316,7 +316,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             out, err = await asyncio.wait_for(
                 proc.communicate(input.encode() if input is not None else None), self.command_timeout
             )
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             proc.kill()
             await proc.wait()
             raise
@@ -397,7 +397,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             return JobStatus.NOTFOUND
         try:
             rc, out, err = await self.run_as_user("squeue", "-h", "-j", self.job_id, "--states=all", "-o", SQUEUE_FORMAT)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             rc, out, err = -1, "", str(e) or type(e).__name__
         status, text = classify_squeue(rc, out, err)
         if status == JobStatus.UNKNOWN and rc != 0:
@@ -434,7 +434,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         for attempt in range(1, self.cancel_attempts + 1):
             try:
                 rc, _, err = await self.run_as_user("scancel", job_id)
-            except (OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, OSError) as e:
                 rc, err = -1, str(e) or type(e).__name__
             if rc == 0:
                 return
@@ -450,7 +450,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         path = self.job_log_path(job_id)
         try:
             rc, out, err = await self.run_as_user("tail", "-n", str(self.log_tail_lines), path)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             return f"(could not read {path}: {e})"
         return out.rstrip() if rc == 0 else f"(could not read {path}: {err.strip()})"
 
@@ -497,11 +497,11 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         while not self.port:
             try:
                 await asyncio.wait_for(self._port_reported.wait(), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if await self.query_job_status() == JobStatus.NOTFOUND:
                     error = await self.job_ended_error(job_id, "before its server started")
                     self.clear_state()
-                    raise error
+                    raise error from None
                 wait = min(2 * wait, 10 * self.startup_poll_interval)
         self.log.info("Server job %s of %s runs at %s:%s", job_id, self.user.name, self.ip, self.port)
         self.last_stop = {}

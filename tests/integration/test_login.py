@@ -31,21 +31,19 @@ def idp():
 
 
 def site_for(idp, secret: Path, singleuser_env, accounts: str) -> dict:
-    return slurm_site(singleuser_env, **{
-        "auth": {
-            "kind": "oidc",
-            "encrypt_auth_state": True,
-            "oidc": {
-                "issuer": idp.url,
-                "client_id": "campushub",
-                "client_secret_file": str(secret),
-                "allowed_groups": ["researchers", "students"],
-                "admin_groups": ["hub-admins"],
-            },
-        },
-        "users": {"accounts": accounts},
-        "profiles": PROFILES,
-    })
+    oidc = {
+        "issuer": idp.url,
+        "client_id": "campushub",
+        "client_secret_file": str(secret),
+        "allowed_groups": ["researchers", "students"],
+        "admin_groups": ["hub-admins"],
+    }
+    return slurm_site(
+        singleuser_env,
+        auth={"kind": "oidc", "encrypt_auth_state": True, "oidc": oidc},
+        users={"accounts": accounts},
+        profiles=PROFILES,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +58,9 @@ def secret(tmp_path_factory):
 def hub(idp, secret, slurm, singleuser_env, root_required, tmp_path_factory):
     for name in CREATED:
         remove_user(name)
-    with running_hub(slurm, tmp_path_factory.mktemp("login-hub"), site_for(idp, secret, singleuser_env, "create")) as hub:
+    with running_hub(
+        slurm, tmp_path_factory.mktemp("login-hub"), site_for(idp, secret, singleuser_env, "create")
+    ) as hub:
         yield hub
     for name in CREATED:
         remove_user(name)
@@ -136,7 +136,8 @@ def test_next_cannot_lead_off_the_hub(hub, idp, target):
     session, page = hub.oidc_login("sub-ada", next_url=target)
     assert urlparse(page.url).netloc == urlparse(hub.url).netloc, page.url
     assert page.history and all(
-        urlparse(r.headers.get("location", "")).netloc in ("", urlparse(hub.url).netloc) for r in page.history
+        urlparse(r.headers.get("location", "")).netloc in ("", urlparse(hub.url).netloc)
+        for r in page.history
         if r.url.startswith(hub.url)
     )
 

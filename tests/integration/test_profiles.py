@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from tests.cluster.hub import running_hub, environ_of, slurm_site
+from tests.cluster.hub import environ_of, running_hub, slurm_site
 from tests.cluster.slurm import wait_for
 
 ALICE, BOB, CAROL, DAVE, ADMIN = "chub-alice", "chub-bob", "chub-carol", "chub-dave", "chub-ops"
@@ -57,7 +57,6 @@ def short_job(hub, slurm, tokens):
     server = hub.spawn_and_wait(DAVE, tokens[DAVE], profile="one-minute")
     job = slurm.jobs_of(DAVE)[0]["id"]
     return {"job": job, "started": time.monotonic(), "server": server}
-
 
 
 def server_env(slurm, user) -> dict:

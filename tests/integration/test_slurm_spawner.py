@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from campushub.spawners.slurm import SlurmSpawner
-from tests.cluster.hub import running_hub, environ_of, slurm_site, uid_of
+from tests.cluster.hub import environ_of, running_hub, slurm_site, uid_of
 from tests.cluster.slurm import wait_for
 
 POLL_INTERVAL = 3
