@@ -19,18 +19,30 @@ DEMO_PACKAGES := python3-venv $(NODE_PACKAGES)
 # podman, runc, uidmap, slirp4netns: a user's server in a rootless podman container (tests/integration/test_podman.py).
 TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo chromium podman runc uidmap slirp4netns
 
-.PHONY: help demo test install system-packages test-system-packages singleuser-env clean
+.PHONY: help demo check test hooks install system-packages test-system-packages singleuser-env clean
 
 help:
 	@echo "make demo   install what is needed and run the CampusHub demo on http://127.0.0.1:8000"
-	@echo "make test   install what is needed (as root) and run all tests against a throwaway Slurm cluster"
+	@echo "make check  lint, format check and unit tests (no root needed, under a minute)"
+	@echo "make test   make check, then install what is needed (as root) and run all tests against a throwaway Slurm cluster"
+	@echo "make hooks  run make check's linters before each git commit (pre-commit)"
 	@echo "make clean  remove the virtualenv and the demo's state folder"
 
 demo: install
 	$(VENV)/bin/campushub up
 
-test: test-system-packages install singleuser-env
+# Lint (ruff check), formatting (ruff format --check) and the unit tests: what a change must pass first.
+check: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/python -m pytest tests/unit -q
+
+test: check test-system-packages singleuser-env
 	CAMPUSHUB_TEST_SINGLEUSER_ENV=$(SINGLEUSER_ENV) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+hooks: install
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pre-commit install
 
 system-packages:
 	@./scripts/apt-ensure $(DEMO_PACKAGES)
