@@ -102,6 +102,5 @@ BENCH_ARGS ?=
 BENCH_PACKAGES := batchspawner==1.3.0 requests
 .PHONY: bench
 bench: test-system-packages install singleuser-env
-	@# the stock peer's port reporter, in the same single-user environment
 	$(SINGLEUSER_ENV)/bin/$(PIP_INSTALL) $(BENCH_PACKAGES)
 	CAMPUSHUB_TEST_SINGLEUSER_ENV=$(SINGLEUSER_ENV) $(VENV)/bin/python -m benchmarks.spawn $(BENCH_ARGS)
