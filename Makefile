@@ -8,6 +8,10 @@ CHP_VERSION := 4.6.3
 # The single-user environment for the test cluster's jobs: outside the checkout, world-readable.
 SINGLEUSER_ENV ?= /opt/campushub/test-singleuser
 PYTEST_ARGS ?=
+# The exact versions CampusHub is tested with, of every Python package: every pip install below uses them.
+# A site that must patch a package passes its own copy: make install CONSTRAINTS=site-constraints.txt
+CONSTRAINTS ?= constraints.txt
+PIP_INSTALL = python -m pip install --quiet --constraint $(CONSTRAINTS)
 # The CampusHub Lab extension: installed into the single-user environment and into .venv (the demo's servers).
 LAB_EXTENSION := extensions/campushub-lab
 LAB_EXTENSION_FILES := $(shell find $(LAB_EXTENSION) -type f -not -path '*/node_modules/*' -not -path '*/__pycache__/*')
@@ -19,18 +23,31 @@ DEMO_PACKAGES := python3-venv $(NODE_PACKAGES)
 # podman, runc, uidmap, slirp4netns: a user's server in a rootless podman container (tests/integration/test_podman.py).
 TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo chromium podman runc uidmap slirp4netns
 
-.PHONY: help demo test install system-packages test-system-packages singleuser-env clean
+.PHONY: help demo check test hooks lock install system-packages test-system-packages singleuser-env clean
 
 help:
 	@echo "make demo   install what is needed and run the CampusHub demo on http://127.0.0.1:8000"
-	@echo "make test   install what is needed (as root) and run all tests against a throwaway Slurm cluster"
+	@echo "make check  lint, format check and unit tests (no root needed, under a minute)"
+	@echo "make test   make check, then install what is needed (as root) and run all tests against a throwaway Slurm cluster"
+	@echo "make hooks  run make check's linters before each git commit (pre-commit)"
+	@echo "make lock   resolve the newest releases within pyproject.toml's ranges into constraints.txt"
 	@echo "make clean  remove the virtualenv and the demo's state folder"
 
 demo: install
 	$(VENV)/bin/campushub up
 
-test: test-system-packages install singleuser-env
+# Lint (ruff check), formatting (ruff format --check) and the unit tests: what a change must pass first.
+check: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/python -m pytest tests/unit -q
+
+test: check test-system-packages singleuser-env
 	CAMPUSHUB_TEST_SINGLEUSER_ENV=$(SINGLEUSER_ENV) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+hooks: install
+	$(VENV)/bin/$(PIP_INSTALL) -e '.[dev]'
+	$(VENV)/bin/pre-commit install
 
 system-packages:
 	@./scripts/apt-ensure $(DEMO_PACKAGES)
@@ -40,33 +57,50 @@ test-system-packages:
 
 install: system-packages $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(LAB_EXTENSION_FILES)
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) $(LAB_EXTENSION_FILES)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
-	$(VENV)/bin/python -m pip install --quiet --no-deps --force-reinstall ./$(LAB_EXTENSION)
+	$(VENV)/bin/$(PIP_INSTALL) --upgrade pip
+	$(VENV)/bin/$(PIP_INSTALL) -e '.[test]'
+	$(VENV)/bin/$(PIP_INSTALL) --no-deps --force-reinstall ./$(LAB_EXTENSION)
 	npm install --silent --no-save --no-audit --no-fund --prefix $(VENV)/lib/node configurable-http-proxy@$(CHP_VERSION)
 	ln -sf ../lib/node/node_modules/.bin/configurable-http-proxy $(VENV)/bin/configurable-http-proxy
 	touch $@
 
 singleuser-env: $(SINGLEUSER_ENV)/.installed
 
-$(SINGLEUSER_ENV)/.installed: images/singleuser-requirements.txt $(LAB_EXTENSION_FILES)
+$(SINGLEUSER_ENV)/.installed: images/singleuser-requirements.txt $(CONSTRAINTS) $(LAB_EXTENSION_FILES)
 	test -x $(SINGLEUSER_ENV)/bin/python || /usr/bin/python3 -m venv $(SINGLEUSER_ENV)
-	$(SINGLEUSER_ENV)/bin/python -m pip install --quiet -r images/singleuser-requirements.txt
-	$(SINGLEUSER_ENV)/bin/python -m pip install --quiet --no-deps --force-reinstall ./$(LAB_EXTENSION)
+	$(SINGLEUSER_ENV)/bin/$(PIP_INSTALL) -r images/singleuser-requirements.txt
+	$(SINGLEUSER_ENV)/bin/$(PIP_INSTALL) --no-deps --force-reinstall ./$(LAB_EXTENSION)
 	chmod -R a+rX $(SINGLEUSER_ENV) $(dir $(SINGLEUSER_ENV))
 	touch $@
 
 clean:
 	rm -rf $(VENV) campushub-state
 
+# constraints.txt from scratch: a throwaway environment gets the newest releases that pyproject.toml's ranges
+# (with the test and dev extras), the single-user environment and the benchmark's stock peer allow, and pip
+# freeze writes them down. Then run make test on them, and commit constraints.txt with what made it change.
+LOCK_ENV := $(shell echo $${TMPDIR:-/tmp})/campushub-lock-env
+lock:
+	rm -rf $(LOCK_ENV)
+	$(PYTHON) -m venv $(LOCK_ENV)
+	$(LOCK_ENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_ENV)/bin/python -m pip install --quiet '.[dev]' -r images/singleuser-requirements.txt \
+		./$(LAB_EXTENSION) $(BENCH_PACKAGES)
+	{ sed -n '/^#/p' constraints.txt; \
+	  $(LOCK_ENV)/bin/python -m pip freeze --all --exclude setuptools --exclude campushub --exclude campushub-lab; \
+	} > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK_ENV)
+
 # Spawn-to-ready benchmark (as root, about 13 minutes): CampusHub's Slurm spawner vs stock batchspawner
 # vs a bare jupyterhub-singleuser, on a throwaway Slurm cluster. BENCH_ARGS="--write docs/benchmarks.md"
-# refreshes the results page.
+# refreshes the results page; it waits for the machine's test lock (see benchmarks/README.md).
 BENCH_ARGS ?=
+# the stock peer's port reporter (batchspawner-singleuser) and what it needs
+BENCH_PACKAGES := batchspawner==1.3.0 requests
 .PHONY: bench
 bench: test-system-packages install singleuser-env
-	@# the stock peer's port reporter, in the same single-user environment
-	$(SINGLEUSER_ENV)/bin/python -m pip install --quiet batchspawner==1.3.0 requests==2.34.2
-	CAMPUSHUB_TEST_SINGLEUSER_ENV=$(SINGLEUSER_ENV) $(VENV)/bin/python benchmarks/spawn.py $(BENCH_ARGS)
+	$(SINGLEUSER_ENV)/bin/$(PIP_INSTALL) $(BENCH_PACKAGES)
+	CAMPUSHUB_TEST_SINGLEUSER_ENV=$(SINGLEUSER_ENV) $(VENV)/bin/python -m benchmarks.spawn $(BENCH_ARGS)

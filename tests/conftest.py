@@ -5,7 +5,6 @@ tests/unit runs without root.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import tempfile
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.lock import machine_lock
 from tests.cluster.slurm import SlurmCluster
 
 
@@ -21,8 +21,7 @@ def root_required():
     if os.geteuid() != 0:
         pytest.fail("these tests need root: they start Slurm daemons and create unix users (run `make test`)")
     # The test users and the demo's ports are the machine's: one integration session at a time.
-    with open("/run/lock/campushub-integration-tests.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with machine_lock():
         yield
 
 

@@ -31,7 +31,6 @@ from tornado import web
 from traitlets import Any, Dict, Float, Instance, Integer, List, Unicode, default
 
 from ..auth import account_problem
-from ..site import ContainerSettings, SlurmSettings, UsersSettings
 from ..profiles import (
     Profile,
     ProfileError,
@@ -41,6 +40,7 @@ from ..profiles import (
     options_from_form,
     resolve_request,
 )
+from ..site import ContainerSettings, SlurmSettings, UsersSettings
 
 PORT_REPORT_PATH = r"/api/batchspawner"
 
@@ -415,7 +415,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             out, err = await asyncio.wait_for(
                 proc.communicate(input.encode() if input is not None else None), self.command_timeout
             )
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             proc.kill()
             await proc.wait()
             raise
@@ -493,7 +493,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             return JobStatus.NOTFOUND
         try:
             rc, out, err = await self.run_as_user("squeue", "-h", "-j", self.job_id, "--states=all", "-o", SQUEUE_FORMAT)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             rc, out, err = -1, "", str(e) or type(e).__name__
         status, text = classify_squeue(rc, out, err)
         if status == JobStatus.UNKNOWN and rc != 0:
@@ -530,7 +530,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         for attempt in range(1, self.cancel_attempts + 1):
             try:
                 rc, _, err = await self.run_as_user("scancel", job_id)
-            except (OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, OSError) as e:
                 rc, err = -1, str(e) or type(e).__name__
             if rc == 0:
                 return
@@ -546,7 +546,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         path = self.job_log_path(job_id)
         try:
             rc, out, err = await self.run_as_user("tail", "-n", str(self.log_tail_lines), path)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             return f"(could not read {path}: {e})"
         return out.rstrip() if rc == 0 else f"(could not read {path}: {err.strip()})"
 
@@ -593,11 +593,11 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         while not self.port:
             try:
                 await asyncio.wait_for(self._port_reported.wait(), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if await self.query_job_status() == JobStatus.NOTFOUND:
                     error = await self.job_ended_error(job_id, "before its server started")
                     self.clear_state()
-                    raise error
+                    raise error from None
                 wait = min(2 * wait, 10 * self.slurm.startup_check_interval)
         self.log.info("Server job %s of %s runs at %s:%s", job_id, self.user.name, self.ip, self.port)
         self.last_stop = {}

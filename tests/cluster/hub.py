@@ -39,7 +39,7 @@ def slurm_site(singleuser_env, **extra) -> dict:
                 "python_env": str(singleuser_env),
                 "startup_check_interval": 0.5,
             },
-        }
+        },
     }
     return deep_merge(base, extra)
 

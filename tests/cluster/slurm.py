@@ -156,7 +156,7 @@ PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
     def jobs(self) -> list[dict]:
         """Jobs Slurm still lists as pending or running: id, user, state, name."""
         out = self.cmd("squeue", "-h", "-t", "PD,R,CG,CF", "-o", "%i|%u|%T|%j").stdout
-        return [dict(zip(("id", "user", "state", "name"), line.split("|"))) for line in out.splitlines()]
+        return [dict(zip(("id", "user", "state", "name"), line.split("|"), strict=False)) for line in out.splitlines()]
 
     def munge_away(self) -> None:
         """Hide munged's socket: every Slurm command fails with an authentication error until munge_back()."""

@@ -70,7 +70,6 @@ def hub(slurm, singleuser_env, idp, tmp_path_factory):
         remove_user(USER)
 
 
-
 def test_a_researcher_signs_in_starts_a_gpu_server_and_runs_code(hub, idp, slurm, page, artifacts):
     # The hub sends a new visitor to its login page, which offers the campus login.
     page.goto(f"{hub.url}/")

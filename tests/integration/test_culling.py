@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from jupyterhub.scopes import expand_scopes
 
 from campushub.hubconfig import CULLER_SCOPES
 from campushub_lab.activity import CHECK_SECONDS as EXTENSION_CHECK  # the single-user environment's, same source
-from tests.cluster.hub import running_hub, slurm_site, environ_of
+from tests.cluster.hub import environ_of, running_hub, slurm_site
 from tests.cluster.slurm import wait_for
 
 IDLE, BUSY = "chub-erin", "chub-frank"
@@ -68,7 +68,7 @@ def run_silently(hub, user: str, token: str, kernel: str, code: str) -> None:
             "msg_type": "execute_request",
             "username": user,
             "session": uuid.uuid4().hex,
-            "date": datetime.now(timezone.utc).isoformat(),
+            "date": datetime.now(UTC).isoformat(),
             "version": "5.3",
         }
         content = {"code": code, "silent": False, "store_history": False, "user_expressions": {}, "allow_stdin": False}
@@ -107,7 +107,7 @@ def timeline(hub, slurm, tokens):
     t["kernel"] = r.json()["id"]
     run_silently(hub, BUSY, tokens[BUSY], t["kernel"], "import time; time.sleep(300)")
     t["quiet"] = time.monotonic()
-    t["quiet_wall"] = datetime.now(timezone.utc)
+    t["quiet_wall"] = datetime.now(UTC)
     return t
 
 

@@ -83,10 +83,13 @@ def test_demo_runs_lab_and_ctrl_c_stops_everything(demo_dir):
         # log in as a browser does, start the server from the spawn URL, land in JupyterLab
         s = requests.Session()
         s.get(f"{URL}/hub/login").raise_for_status()
-        r = s.post(f"{URL}/hub/login", data={"username": "ada", "password": "wrong-password", "_xsrf": s.cookies["_xsrf"]})
+        r = s.post(
+            f"{URL}/hub/login", data={"username": "ada", "password": "wrong-password", "_xsrf": s.cookies["_xsrf"]}
+        )
         assert r.status_code == 403 and "Invalid username or password" in r.text
         r = s.post(f"{URL}/hub/login", data={"username": "ada", "password": password, "_xsrf": s.cookies["_xsrf"]})
         assert r.status_code == 200
+
         # the login starts the server (the spawn page has no form yet); /hub/user/ada/ leads to it once ready
         def lab():
             page = s.get(f"{URL}/hub/user/ada/")

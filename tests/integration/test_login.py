@@ -37,23 +37,26 @@ def idp():
 
 
 def site_for(idp, secret: Path, singleuser_env, accounts: str) -> dict:
-    return slurm_site(singleuser_env, **{
-        "auth": {
-            "kind": "oidc",
-            "encrypt_auth_state": True,
-            "oidc": {
-                "issuer": idp.url,
-                "client_id": "campushub",
-                "client_secret_file": str(secret),
-                "allowed_groups": ["researchers", "students"],
-                "admin_groups": ["hub-admins"],
-                "email_domain": "campus.example",
+    return slurm_site(
+        singleuser_env,
+        **{
+            "auth": {
+                "kind": "oidc",
+                "encrypt_auth_state": True,
+                "oidc": {
+                    "issuer": idp.url,
+                    "client_id": "campushub",
+                    "client_secret_file": str(secret),
+                    "allowed_groups": ["researchers", "students"],
+                    "admin_groups": ["hub-admins"],
+                    "email_domain": "campus.example",
+                },
+                "admin_users": [ADMIN_BY_NAME],
             },
-            "admin_users": [ADMIN_BY_NAME],
+            "users": {"accounts": accounts},
+            "profiles": PROFILES,
         },
-        "users": {"accounts": accounts},
-        "profiles": PROFILES,
-    })
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,9 @@ def secret(tmp_path_factory):
 def hub(idp, secret, slurm, singleuser_env, root_required, tmp_path_factory):
     for name in CREATED:
         remove_user(name)
-    with running_hub(slurm, tmp_path_factory.mktemp("login-hub"), site_for(idp, secret, singleuser_env, "create")) as hub:
+    with running_hub(
+        slurm, tmp_path_factory.mktemp("login-hub"), site_for(idp, secret, singleuser_env, "create")
+    ) as hub:
         yield hub
     for name in CREATED:
         remove_user(name)
@@ -144,7 +149,8 @@ def test_next_cannot_lead_off_the_hub(hub, idp, target):
     session, page = hub.oidc_login("sub-ada", next_url=target)
     assert urlparse(page.url).netloc == urlparse(hub.url).netloc, page.url
     assert page.history and all(
-        urlparse(r.headers.get("location", "")).netloc in ("", urlparse(hub.url).netloc) for r in page.history
+        urlparse(r.headers.get("location", "")).netloc in ("", urlparse(hub.url).netloc)
+        for r in page.history
         if r.url.startswith(hub.url)
     )
 
@@ -292,13 +298,17 @@ def test_discovery_does_not_hold_up_the_hub(idp, secret, singleuser_env, slurm, 
         with running_hub(slurm, tmp_path / "slow-hub", site) as running:
             login = {}
             first = threading.Thread(
-                target=lambda: login.update(r=requests.get(f"{running.url}/hub/oauth_login", allow_redirects=False, timeout=60))
+                target=lambda: login.update(
+                    r=requests.get(f"{running.url}/hub/oauth_login", allow_redirects=False, timeout=60)
+                )
             )
             first.start()
             time.sleep(1)  # the login is waiting on the discovery document now
             assert requests.get(f"{running.url}/hub/api/", timeout=30).status_code == 200
             assert not SlowDiscovery.answered.is_set(), "the hub answered only after the discovery"
             first.join(60)
-            assert login["r"].status_code == 302 and login["r"].headers["location"].startswith(f"{idp.url}/oauth2/authorize")
+            assert login["r"].status_code == 302 and login["r"].headers["location"].startswith(
+                f"{idp.url}/oauth2/authorize"
+            )
     finally:
         server.shutdown()

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from tests.cluster.hub import running_hub, environ_of, slurm_site
+from tests.cluster.hub import environ_of, running_hub, slurm_site
 from tests.cluster.slurm import wait_for
 
 ALICE, BOB, CAROL, DAVE, ADMIN = "chub-alice", "chub-bob", "chub-carol", "chub-dave", "chub-ops"
@@ -37,7 +37,10 @@ PROFILES = [
 @pytest.fixture(scope="module")
 def hub(slurm, unix_users, singleuser_env, tmp_path_factory):
     site = slurm_site(
-        singleuser_env, auth={"admin_users": [ADMIN]}, spawner={"running_check_interval": POLL_INTERVAL}, profiles=PROFILES
+        singleuser_env,
+        auth={"admin_users": [ADMIN]},
+        spawner={"running_check_interval": POLL_INTERVAL},
+        profiles=PROFILES,
     )
     with running_hub(slurm, tmp_path_factory.mktemp("profiles-hub"), site) as running:
         yield running
@@ -58,7 +61,6 @@ def short_job(hub, slurm, tokens):
     server = hub.spawn_and_wait(DAVE, tokens[DAVE], profile="one-minute")
     job = slurm.jobs_of(DAVE)[0]["id"]
     return {"job": job, "started": time.monotonic(), "server": server}
-
 
 
 def server_env(slurm, user) -> dict:

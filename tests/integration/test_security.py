@@ -75,7 +75,9 @@ def test_no_command_run_as_a_user_sees_the_hubs_secrets(slurm, unix_users, singl
     recorder = shared_folder / "record-env"
     recorder.write_text(RECORDER.format(folder=folder))
     recorder.chmod(0o755)
-    site = slurm_site(singleuser_env, spawner={"slurm": {"submit_prefix": ["sudo", "-E", "-u", "{username}", str(recorder)]}})
+    site = slurm_site(
+        singleuser_env, spawner={"slurm": {"submit_prefix": ["sudo", "-E", "-u", "{username}", str(recorder)]}}
+    )
     env = dict(os.environ, JUPYTERHUB_CRYPT_KEY=crypt_key, CONFIGPROXY_AUTH_TOKEN=proxy_token)
     with running_hub(slurm, tmp_path / "env-hub", site, env=env) as hub:
         token = hub.token(ALICE)

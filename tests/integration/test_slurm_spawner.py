@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from campushub.spawners.slurm import SlurmSpawner
-from tests.cluster.hub import running_hub, environ_of, slurm_site, uid_of
+from tests.cluster.hub import environ_of, running_hub, slurm_site, uid_of
 from tests.cluster.slurm import wait_for
 
 POLL_INTERVAL = 3
@@ -33,7 +33,9 @@ esac"""
 
 @pytest.fixture(scope="module")
 def hub(slurm, unix_users, singleuser_env, tmp_path_factory):
-    site = slurm_site(singleuser_env, spawner={"running_check_interval": POLL_INTERVAL, "slurm": {"prologue": PROLOGUE}})
+    site = slurm_site(
+        singleuser_env, spawner={"running_check_interval": POLL_INTERVAL, "slurm": {"prologue": PROLOGUE}}
+    )
     with running_hub(slurm, tmp_path_factory.mktemp("slurm-hub"), site) as running:
         yield running
 

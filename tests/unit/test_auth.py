@@ -106,8 +106,6 @@ def test_admins_by_group_only_refuses_admins_by_name():
 
 def test_uid_bounds():
     assert parse_site({}).users.max_uid == 60000
-    assert problems({"users": {"min_uid": 5000, "max_uid": 4000}}) == [
-        "users: min_uid must not be larger than max_uid"
-    ]
+    assert problems({"users": {"min_uid": 5000, "max_uid": 4000}}) == ["users: min_uid must not be larger than max_uid"]
     moved = problems({"spawner": {"backend": "slurm", "slurm": {"partition": "gpu", "min_uid": 500}}})
     assert moved == ["spawner.slurm: min_uid has been renamed: set users.min_uid"]

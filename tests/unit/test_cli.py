@@ -16,7 +16,9 @@ def campushub(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "campushub", *args], capture_output=True, text=True, **kw)
 
 
-@pytest.mark.parametrize("args", [[], ["up"], ["hub"], ["proxy"], ["config"], ["config", "check"], ["config", "schema"]])
+@pytest.mark.parametrize(
+    "args", [[], ["up"], ["hub"], ["proxy"], ["config"], ["config", "check"], ["config", "schema"]]
+)
 def test_every_command_has_help(args):
     r = campushub(*args, "--help")
     assert r.returncode == 0, r.stderr

@@ -108,10 +108,14 @@ def test_the_form_lists_granted_profiles_escaped_with_their_choices():
 def test_a_site_can_replace_the_form_template():
     from jinja2 import DictLoader, Environment
 
-    env = Environment(loader=DictLoader({"campushub-spawn-form.html": "{% for p in profiles %}[{{ p.slug }}]{% endfor %}"}))
+    env = Environment(
+        loader=DictLoader({"campushub-spawn-form.html": "{% for p in profiles %}[{{ p.slug }}]{% endfor %}"})
+    )
     assert options_form(granted({"researchers": {}}), DEFAULTS, env=env) == "[cpu][gpu-1]"
     # a hub whose template folders hold no form of their own uses CampusHub's
-    assert 'value="gpu-1"' in options_form(granted({"researchers": {}}), DEFAULTS, env=Environment(loader=DictLoader({})))
+    assert 'value="gpu-1"' in options_form(
+        granted({"researchers": {}}), DEFAULTS, env=Environment(loader=DictLoader({}))
+    )
 
 
 def test_form_fields_of_the_chosen_profile_only():

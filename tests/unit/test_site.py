@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from campushub.hubconfig import hub_config
 from campushub.site import Site, SiteError, load_site, parse_site, site_schema
@@ -92,9 +93,7 @@ SLURM = {"backend": "slurm", "slurm": {"partition": "gpu"}}
 
 
 def test_profiles_need_the_slurm_backend():
-    assert problems({"profiles": [{"slug": "cpu", "display_name": "CPU"}]}) == [
-        "profiles: need spawner.backend: slurm"
-    ]
+    assert problems({"profiles": [{"slug": "cpu", "display_name": "CPU"}]}) == ["profiles: need spawner.backend: slurm"]
 
 
 def test_profile_errors_name_the_profile_and_key():
@@ -104,7 +103,12 @@ def test_profile_errors_name_the_profile_and_key():
             "profiles": [
                 {"slug": "cpu", "display_name": "CPU", "default": True},
                 {"slug": "Bad Slug!", "display_name": "x", "resources": {"gpus": -1, "gpu_type": "a100;id"}},
-                {"slug": "gpu", "display_name": "GPU", "resources": {"gpus": 4}, "choices": {"gpus": {"min": 0, "max": 2}}},
+                {
+                    "slug": "gpu",
+                    "display_name": "GPU",
+                    "resources": {"gpus": 4},
+                    "choices": {"gpus": {"min": 0, "max": 2}},
+                },
                 {"slug": "long", "display_name": "Long", "choices": {"hours": {"min": 5, "max": 2}}},
             ],
         }
@@ -118,9 +122,7 @@ def test_profile_errors_name_the_profile_and_key():
 
 def test_profile_slugs_are_unique_and_one_default_at_most():
     same = {"slug": "cpu", "display_name": "CPU", "default": True}
-    assert problems({"spawner": SLURM, "profiles": [same, same]}) == [
-        "profiles: slug used more than once: cpu"
-    ]
+    assert problems({"spawner": SLURM, "profiles": [same, same]}) == ["profiles: slug used more than once: cpu"]
 
 
 def test_yaml_syntax_errors_name_the_line(tmp_path):
@@ -212,7 +214,7 @@ def test_every_key_has_a_description():
 
 def test_site_is_immutable():
     site = Site()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         site.hub.port = 1
 
 

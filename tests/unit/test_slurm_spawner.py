@@ -8,9 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 from batchspawner import JobStatus
-from traitlets.config import Config
-
 from tornado import web
+from traitlets.config import Config
 
 from campushub.profiles import Profile, SpawnRequest
 from campushub.site import SlurmSettings, UsersSettings
@@ -56,7 +55,7 @@ def test_non_json_is_refused(raw):
 
 # what squeue printed on the test cluster (Slurm 22.05)
 MUNGE_DOWN = (
-    "squeue: error: Munge encode failed: Failed to access \"/run/munge/munge.socket.2\": "
+    'squeue: error: Munge encode failed: Failed to access "/run/munge/munge.socket.2": '
     "No such file or directory (Did you start munged?)\n"
     "slurm_load_jobs error: Protocol authentication error\n"
 )
@@ -157,7 +156,9 @@ def test_a_refused_request_is_a_400_naming_the_field():
     ],
 )
 def test_pending_reasons_in_plain_words(reason, start, words):
-    request = SpawnRequest(profile="g", partition="gpu", cpus=1, memory="1G", gpus=2, gpu_type=None, walltime="01:00:00")
+    request = SpawnRequest(
+        profile="g", partition="gpu", cpus=1, memory="1G", gpus=2, gpu_type=None, walltime="01:00:00"
+    )
     assert words in pending_message(reason, start, request)
 
 
@@ -188,7 +189,12 @@ def test_container_options_come_before_the_image():
     s = spawner(container={"runtime": "podman", "image": "lab:1",
                            "options": ["--runtime", "runc", "--ulimit", "nofile=1024:1024"]})  # fmt: skip
     words = shlex.split(s.render_batch_script().splitlines()[-1])
-    assert words[words.index("lab:1") - 4 : words.index("lab:1")] == ["--runtime", "runc", "--ulimit", "nofile=1024:1024"]
+    assert words[words.index("lab:1") - 4 : words.index("lab:1")] == [
+        "--runtime",
+        "runc",
+        "--ulimit",
+        "nofile=1024:1024",
+    ]
 
 
 def test_batchspawners_own_settings_are_not_silently_ignored(caplog):
