@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 
+from tests.cluster.github import GitHubStandIn
 from tests.cluster.hub import running_hub, slurm_site
 from tests.cluster.idp import IdentityProvider
 from tests.cluster.users import remove_user
@@ -312,3 +313,36 @@ def test_discovery_does_not_hold_up_the_hub(idp, secret, singleuser_env, slurm, 
             )
     finally:
         server.shutdown()
+
+
+def test_github_names_are_bound_to_the_numeric_id(singleuser_env, slurm, unix_users, tmp_path):
+    github = GitHubStandIn()
+    secret = tmp_path / "github-secret"
+    secret.write_text("github-secret\n")
+    secret.chmod(0o600)
+    site = slurm_site(singleuser_env, auth={
+        "kind": "github",
+        "github": {"url": github.url, "client_id": "campushub", "client_secret_file": str(secret),
+                   "allowed_users": ["chub-alice"]},
+    })  # fmt: skip
+    site["auth"].pop("oidc")
+    try:
+        with running_hub(slurm, tmp_path / "github-hub", site) as running:
+
+            def login(github_id: int, name: str) -> requests.Response:
+                """Through GitHub's authorization to the hub's callback, not further (the spawn page would
+                start a server)."""
+                github.sign_in_as(github_id, name)
+                s = requests.Session()
+                to_github = s.get(f"{running.url}/hub/oauth_login", allow_redirects=False, timeout=30)
+                back = s.get(to_github.headers["location"], allow_redirects=False, timeout=30)
+                return s.get(back.headers["location"], allow_redirects=False, timeout=60)
+
+            assert login(101, "Chub-Alice").status_code == 302
+            # the account renames itself, and another GitHub account takes the login
+            page = login(202, "chub-alice")
+            assert page.status_code == 403
+            assert "belongs to another identity" in html.unescape(page.content.decode())
+            assert login(101, "Chub-Alice").status_code == 302
+    finally:
+        github.close()

@@ -247,3 +247,24 @@ def test_extra_config_comes_after_the_site_file(tmp_path):
     c = hub_config(site)
     assert c.JupyterHub.shutdown_on_logout is True
     assert c.Spawner.http_timeout == 99  # the site file's spawner.http_timeout set it first
+
+
+def test_a_campus_login_with_local_servers_needs_a_root_hub(tmp_path, monkeypatch):
+    oidc = {"issuer": "https://sso.campus.example", "client_id": "hub", "client_secret_file": str(tmp_path / "s"),
+            "allowed_groups": ["r"]}  # fmt: skip
+    (tmp_path / "s").write_text("secret\n")
+    (tmp_path / "s").chmod(0o600)
+    site = parse_site({"hub": {"state_dir": str(tmp_path / "state")}, "auth": {"kind": "oidc", "oidc": oidc}})
+    # a hub not running as root cannot start servers as users' accounts (only the euid is stood in for)
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    with pytest.raises(SiteError, match="so the hub must run as root"):
+        hub_config(site)
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    c = hub_config(site)
+    assert c.JupyterHub.spawner_class.__name__ == "LocalSpawner" and "allow_root" not in str(c.Spawner.args)
+
+
+def test_only_the_demo_runs_servers_as_the_hubs_account(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    c = hub_config(parse_site({"hub": {"state_dir": str(tmp_path)}}))
+    assert c.JupyterHub.spawner_class == "simple" and c.Spawner.args == ["--ServerApp.allow_root=True"]
