@@ -250,14 +250,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return run(argv)
+        finally:
+            sys.stdout.flush()  # here, where a closed pipe can still be caught
+    except BrokenPipeError:
+        # The reader went away (`campushub config schema | head`): end quietly, as cat does.
+        silence_output()
+        return 0
+
+
+def silence_output() -> None:
+    """Point stdout and stderr at /dev/null, so that Python's own flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, sys.stderr.fileno())
+
+
+def run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except SiteError as e:
-        print("campushub: the site file has errors:", file=sys.stderr)
-        for problem in e.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 2
+        message = "the site file has errors:\n" + "\n".join(f"  {problem}" for problem in e.problems)
     except CommandError as e:
-        print(f"campushub: {e}", file=sys.stderr)
-        return 2
+        message = str(e)
+    try:
+        print(f"campushub: {message}", file=sys.stderr)
+    except BrokenPipeError:
+        silence_output()  # the failure still shows in the exit status
+    return 2

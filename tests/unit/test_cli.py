@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ EXAMPLE = Path(__file__).parents[2] / "hub_config" / "campushub.example.yaml"
 
 
 def campushub(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "campushub", *args], capture_output=True, text=True, **kw)
+    streams = {} if "stdout" in kw or "stderr" in kw else {"capture_output": True}
+    return subprocess.run([sys.executable, "-m", "campushub", *args], text=True, **streams, **kw)
 
 
 @pytest.mark.parametrize("args", [[], ["up"], ["hub"], ["proxy"], ["config"], ["config", "check"], ["config", "schema"]])
@@ -88,3 +90,35 @@ def test_an_unreadable_or_open_client_secret_stops_the_hub(tmp_path):
     r = campushub("hub", "--config", str(f), timeout=60)
     assert r.returncode == 2
     assert f"auth.oidc.client_secret_file: {secret} is readable by every user: chmod 600 it" in r.stderr
+
+
+def closed_pipe() -> int:
+    """The write end of a pipe whose reader is already gone (`| head` that has read its line)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    return write_end
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["config", "schema"], ["config", "check", str(EXAMPLE)], ["--help"], ["up", "--help"], ["--version"]],
+)
+def test_output_into_a_closed_pipe_ends_quietly(args):
+    pipe = closed_pipe()
+    try:
+        r = campushub(*args, stdout=pipe, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(pipe)
+    assert r.stderr == ""
+    assert r.returncode == 0
+
+
+def test_errors_into_a_closed_pipe_keep_their_exit_status(tmp_path):
+    f = tmp_path / "site.yaml"
+    f.write_text("hub:\n  port: 0\n")
+    pipe = closed_pipe()
+    try:
+        r = campushub("config", "check", str(f), stdout=subprocess.PIPE, stderr=pipe)
+    finally:
+        os.close(pipe)
+    assert r.returncode == 2
