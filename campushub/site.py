@@ -7,12 +7,13 @@ Relative paths in a site file are relative to the folder holding that file.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .profiles import Memory, Model, Profile, SlurmName, Walltime
 
@@ -44,7 +45,7 @@ class Section(Model):
 class HubSettings(Section):
     ip: str = Field(
         "127.0.0.1",
-        description="Address where users reach CampusHub (the proxy listens here). "
+        description="IP address where users reach CampusHub (the proxy listens here; 0.0.0.0: every interface). "
         "Keep 127.0.0.1 behind a TLS-terminating reverse proxy.",
     )
     port: Port = Field(8000, description="Port where users reach CampusHub.")
@@ -53,10 +54,23 @@ class HubSettings(Section):
     )
     hub_ip: str = Field(
         "127.0.0.1",
-        description="Address of the hub's own API. Servers on compute nodes must reach it: "
+        description="IP address of the hub's own API. Servers on compute nodes must reach it: "
         "on a cluster use an address of the hub host that the nodes can reach.",
     )
     hub_port: Port = Field(8081, description="Port of the hub's own API.")
+
+    @field_validator("ip", "hub_ip")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        if value != "localhost":
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not an IP address: give one such as 127.0.0.1 or 10.0.0.5 "
+                    "(0.0.0.0 listens on every interface)"
+                ) from None
+        return value
     public_url: Url | None = Field(
         None,
         description="The address users open, when a reverse proxy serves CampusHub (e.g. https://hub.campus.edu/). "
@@ -324,7 +338,33 @@ def _problem(error: dict) -> str:
     where = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in error["loc"]).replace(".[", "[")
     message = error["msg"].removeprefix("Value error, ")
     message = message[:1].lower() + message[1:]
+    if error["type"] == "extra_forbidden":
+        near = difflib.get_close_matches(str(error["loc"][-1]), _keys_at(error["loc"][:-1]), n=1)
+        if near:
+            message += f"; did you mean '{near[0]}'?"
     return f"{where}: {message}" if where else message
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys that the section at `loc` (a pydantic error location) accepts."""
+    model = Site
+    for part in loc:
+        if isinstance(part, str):
+            field = model.model_fields.get(part)
+            model = _model_in(field.annotation) if field else None
+            if model is None:
+                return []
+    return [name for name in model.model_fields if name != "source"]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model inside an annotation such as `X | None` or `list[X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if found := _model_in(arg):
+            return found
+    return None
 
 
 def parse_site(data: Any, base: Path | None = None) -> Site:
