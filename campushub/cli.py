@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from . import __version__
-from .hubconfig import hub_config, public_url
+from .hubconfig import check_site, hub_config, public_url
 from .site import Site, SiteError, load_site, site_schema
 from .state import StateDir
 
@@ -51,7 +51,9 @@ def find_proxy() -> str:
 
 def cmd_config_check(args) -> int:
     site = load_site(args.file)
-    print(f"OK: {site.source} (spawner backend: {site.spawner.backend}, login: {site.auth.kind})")
+    check_site(site)
+    empty = "empty: the demo defaults apply; " if not site.model_fields_set - {"source"} else ""
+    print(f"OK: {site.source} ({empty}spawner backend: {site.spawner.backend}, login: {site.auth.kind})")
     return 0
 
 
@@ -83,7 +85,7 @@ def cmd_proxy(args) -> int:
 
 def cmd_hub(args) -> int:
     site = site_from(args)  # a bad site file stops here, with every problem listed
-    hub_config(site)  # and so does what only a start can check (secret files)
+    hub_config(site)  # and so does what only its files can tell (secret files), before anything is created
     if site.source:
         os.environ["CAMPUSHUB_CONFIG"] = str(site.source)
     else:
@@ -133,6 +135,7 @@ def stop_child(proc: subprocess.Popen, name: str, timeout: float) -> None:
 
 def cmd_up(args) -> int:
     site = site_from(args)
+    check_site(site)
     find_proxy()
     state = StateDir(site.hub.state_dir).ensure()
     common = ["--config", str(site.source)] if site.source else []
