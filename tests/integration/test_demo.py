@@ -8,12 +8,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
-from tests.cluster.slurm import wait_for
+from tests.cluster.slurm import free_port, wait_for
 
 URL = "http://127.0.0.1:8000"
 DEMO_PORTS = (8000, 8001, 8081)
@@ -128,3 +132,77 @@ def test_second_start_keeps_state_and_does_not_print_the_password_again(demo_dir
         assert r.status_code == 302
     finally:
         assert second.interrupt() == 0
+
+
+# --- another program on CampusHub's address --------------------------------------------------
+
+
+@contextmanager
+def another_program(port: int):
+    """A plain web server on 127.0.0.1:port, the way a newcomer's other project may hold it."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def site_on_free_ports(folder: Path) -> tuple[Path, dict]:
+    ports = {"port": free_port(), "hub_port": free_port(), "api_port": free_port()}
+    site = {
+        "hub": {"port": ports["port"], "hub_port": ports["hub_port"], "state_dir": str(folder / "state")},
+        "proxy": {"api_port": ports["api_port"]},
+    }
+    f = folder / "campushub.yaml"
+    f.write_text(yaml.safe_dump(site))
+    return f, ports
+
+
+def start_up(site: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "campushub", "up", "--config", str(site)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def finish(up: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """`up`'s output once it has ended; past the timeout, Ctrl-C ends it (with its hub and proxy)."""
+    try:
+        return up.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        up.send_signal(signal.SIGINT)
+        return up.communicate(timeout=90)
+
+
+@pytest.mark.parametrize(
+    "taken, what",
+    [("port", "where users reach CampusHub"), ("hub_port", "the hub's API"), ("api_port", "the proxy's API")],
+)
+def test_up_refuses_an_address_that_another_program_holds(tmp_path, taken, what):
+    site, ports = site_on_free_ports(tmp_path)
+    with another_program(ports[taken]):
+        up = start_up(site)
+        out, err = finish(up, timeout=60)
+    assert up.returncode != 0, out
+    assert f"http://127.0.0.1:{ports[taken]} ({what}) is in use by another program" in err, err
+    assert "CampusHub is ready" not in out
+    assert not (tmp_path / "state").exists(), "nothing is made for a start that cannot happen"
+
+
+def test_up_is_ready_only_once_its_address_answers_as_campushub(tmp_path):
+    """Another program takes the users' address between `up`'s check and the proxy's start: the
+    proxy cannot listen, and `up` must not send users to that program."""
+    site, ports = site_on_free_ports(tmp_path)
+    up = start_up(site)
+    first = up.stdout.readline()  # printed once the addresses were found free, before the proxy starts
+    assert first.startswith("CampusHub "), first
+    with another_program(ports["port"]):
+        out, err = finish(up, timeout=90)
+    assert up.returncode != 0, out
+    assert f"http://127.0.0.1:{ports['port']} answers as another program" in err, err
+    assert "CampusHub is ready" not in out
+    assert "campushub: stopped" in out
+    assert not listening(ports["hub_port"]) and not listening(ports["api_port"]), "the hub or proxy outlived `up`"
