@@ -193,8 +193,10 @@ def cmd_up(args) -> int:
     me = [sys.executable, "-m", "campushub"]
     url = public_url(site)
 
+    homes = ", users' files in homes/" if site.spawner.backend == "local" else ""
     print(f"CampusHub {__version__}: starting at {url}")
-    print(f"  state folder (database, secrets, logs): {state.path}")
+    print(f"  state folder (database, secrets{homes}): {state.path}")
+    print("  the hub and the proxy log to this terminal")
     if site.auth.kind == "shared-password":
         password, created = state.demo_password()
         if created:

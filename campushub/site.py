@@ -84,7 +84,9 @@ class HubSettings(Section):
     )
     state_dir: Path = Field(
         Path("campushub-state"),
-        description="Folder for the hub database (SQLite), generated secrets and logs. Created with mode 0700.",
+        description="Folder for the hub database (SQLite) and generated secrets; with the local backend, "
+        "users' homes in its homes/. Created with mode 0700. Logs go to the standard output of "
+        "`campushub up`, `hub` and `proxy` (a terminal, or the service manager's journal).",
     )
 
 

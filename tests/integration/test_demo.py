@@ -79,6 +79,10 @@ def test_demo_runs_lab_and_ctrl_c_stops_everything(demo_dir):
         out = up.output()
         password = re.search(r"this password \(shown once\): (\S+)", out).group(1)
         state = demo_dir / "campushub-state"
+        # the banner says what the state folder holds, and where the logs go; both are checked below
+        assert f"  state folder (database, secrets, users' files in homes/): {state}\n" in out
+        assert "  the hub and the proxy log to this terminal\n" in out
+        assert "JupyterHub is now running" in out and "[ConfigProxy]" in out
         for secret in ("demo_password", "proxy_auth_token", "jupyterhub_cookie_secret"):
             assert (state / secret).stat().st_mode & 0o777 == 0o600, secret
         assert state.stat().st_mode & 0o777 == 0o700
@@ -101,6 +105,11 @@ def test_demo_runs_lab_and_ctrl_c_stops_everything(demo_dir):
         assert r.status_code == 200 and "JupyterLab" in r.text
         servers = processes_under(state / "homes" / "ada")
         assert servers, "the user's server runs in its home under the state folder"
+        notebook = state / "homes" / "ada" / "first.ipynb"
+        r = s.put(f"{URL}/user/ada/api/contents/first.ipynb", json={"type": "notebook"},
+                  headers={"X-XSRFToken": s.cookies.get("_xsrf", path="/user/ada/")})  # fmt: skip
+        assert r.status_code == 201, r.text
+        assert notebook.exists(), "a notebook saved in JupyterLab lands in the user's folder under homes/"
         # a user is not another
         assert s.get(f"{URL}/user/bob/api/status", allow_redirects=False).status_code in (302, 403, 404)
     finally:
