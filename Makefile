@@ -19,12 +19,13 @@ DEMO_PACKAGES := python3-venv $(NODE_PACKAGES)
 # podman, runc, uidmap, slirp4netns: a user's server in a rootless podman container (tests/integration/test_podman.py).
 TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo chromium podman runc uidmap slirp4netns
 
-.PHONY: help demo test install system-packages test-system-packages singleuser-env clean
+.PHONY: help demo test install system-packages test-system-packages singleuser-env clean clean-demo-state
 
 help:
-	@echo "make demo   install what is needed and run the CampusHub demo on http://127.0.0.1:8000"
-	@echo "make test   install what is needed (as root) and run all tests against a throwaway Slurm cluster"
-	@echo "make clean  remove the virtualenv and the demo's state folder"
+	@echo "make demo              install what is needed and run the CampusHub demo on http://127.0.0.1:8000"
+	@echo "make test              install what is needed (as root) and run all tests against a throwaway Slurm cluster"
+	@echo "make clean             remove what can be rebuilt: the virtualenv, caches, build outputs"
+	@echo "make clean-demo-state  delete the demo's campushub-state/: its database, secrets and every user's files"
 
 demo: install
 	$(VENV)/bin/campushub up
@@ -58,8 +59,21 @@ $(SINGLEUSER_ENV)/.installed: images/singleuser-requirements.txt $(LAB_EXTENSION
 	chmod -R a+rX $(SINGLEUSER_ENV) $(dir $(SINGLEUSER_ENV))
 	touch $@
 
+# Only what can be rebuilt. The demo's state folder holds users' notebooks: clean-demo-state deletes it.
 clean:
-	rm -rf $(VENV) campushub-state
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist
+	find . -path ./campushub-state -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d -prune -exec rm -rf {} +
+	@if [ -d campushub-state ]; then \
+	  echo "kept campushub-state/ (the demo's database, secrets and users' files): make clean-demo-state deletes it"; fi
+
+clean-demo-state:
+	@if [ -d campushub-state ]; then \
+	  echo "deleting campushub-state/: the demo's database, secrets and users' homes with every file in them:"; \
+	  for home in campushub-state/homes/*/; do [ -d "$$home" ] && echo "  $$home"; done; \
+	  rm -rf campushub-state; \
+	else \
+	  echo "no campushub-state/ here: nothing to delete"; \
+	fi
 
 # Spawn-to-ready benchmark (as root, about 13 minutes): CampusHub's Slurm spawner vs stock batchspawner
 # vs a bare jupyterhub-singleuser, on a throwaway Slurm cluster. BENCH_ARGS="--write docs/benchmarks.md"
