@@ -5,10 +5,13 @@ tests/unit runs without root.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -16,14 +19,49 @@ import pytest
 from tests.cluster.slurm import SlurmCluster
 
 
+LOCK = Path("/run/lock/campushub-integration-tests.lock")
+
+
 @pytest.fixture(scope="session")
-def root_required():
+def root_required(request):
     if os.geteuid() != 0:
         pytest.fail("these tests need root: they start Slurm daemons and create unix users (run `make test`)")
     # The test users and the demo's ports are the machine's: one integration session at a time.
-    with open("/run/lock/campushub-integration-tests.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            to_terminal(request.config, f"waiting: another CampusHub test run holds {LOCK} ({lock_holder(lock)})")
+            waited = time.monotonic()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            to_terminal(request.config, f"{LOCK} is free after {time.monotonic() - waited:.0f} s: going on")
         yield
+
+
+def lock_holder(lock) -> str:
+    """The process holding a flock on `lock`, as /proc/locks tells it."""
+    st = os.fstat(lock.fileno())
+    file_id = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" not in fields and fields[1] == "FLOCK" and fields[5] == file_id:
+            try:
+                command = Path(f"/proc/{fields[4]}/cmdline").read_text().replace("\0", " ").strip()
+            except OSError:
+                command = "?"
+            return f"pid {fields[4]}: {command}"
+    return "its process is not known"
+
+
+def to_terminal(config: pytest.Config, line: str) -> None:
+    """A line on the terminal, past pytest's capture of what fixtures print."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        if reporter:
+            reporter.write_line(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
 
 @pytest.fixture(scope="session")
