@@ -73,6 +73,7 @@ def cmd_config_schema(args) -> int:
 
 def cmd_proxy(args) -> int:
     site = site_from(args)
+    check_addresses_free(site, hub=False)
     state = StateDir(site.hub.state_dir).ensure()
     hub_url = f"http://{connectable(site.hub.hub_ip)}:{site.hub.hub_port}"
     argv = [
@@ -134,15 +135,17 @@ def hub_api_answer(address: str, site: Site) -> tuple[int, str, str] | None:
         return None
 
 
-def check_addresses_free(site: Site) -> None:
-    """Refuse to start when another program listens where the proxy or the hub must: the proxy would
+def check_addresses_free(site: Site, hub: bool = True) -> None:
+    """Refuse to start when another program listens where the proxy (or the hub) must: the proxy would
     only log it and go on, and users would reach that program."""
-    problems = []
-    for ip, port, key, what in (
+    addresses = [
         (site.hub.ip, site.hub.port, "hub.port", "where users reach CampusHub"),
-        (site.hub.hub_ip, site.hub.hub_port, "hub.hub_port", "the hub's API"),
         ("127.0.0.1", site.proxy.api_port, "proxy.api_port", "the proxy's API"),
-    ):
+    ]
+    if hub:
+        addresses.insert(1, (site.hub.hub_ip, site.hub.hub_port, "hub.hub_port", "the hub's API"))
+    problems = []
+    for ip, port, key, what in addresses:
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy and the hub bind

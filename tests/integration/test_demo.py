@@ -170,6 +170,17 @@ def site_on_free_ports(folder: Path) -> tuple[Path, dict]:
     return f, ports
 
 
+def proxy_loading(port: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:
+            continue
+        if argv[:1] == [b"node"] and b"--port" in argv and argv[argv.index(b"--port") + 1] == str(port).encode():
+            return True
+    return False
+
+
 def start_up(site: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "campushub", "up", "--config", str(site)],
@@ -201,13 +212,31 @@ def test_up_refuses_an_address_that_another_program_holds(tmp_path, taken, what)
     assert not (tmp_path / "state").exists(), "nothing is made for a start that cannot happen"
 
 
+@pytest.mark.parametrize("taken, what", [("port", "where users reach CampusHub"), ("api_port", "the proxy's API")])
+def test_the_proxy_alone_refuses_an_address_that_another_program_holds(tmp_path, taken, what):
+    """`campushub proxy`, as a service manager runs it: a taken address fails the unit, visibly."""
+    site, ports = site_on_free_ports(tmp_path)
+    with another_program(ports[taken]):
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "campushub", "proxy", "--config", str(site)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            out, err = proxy.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            out, err = proxy.communicate()
+    assert proxy.returncode not in (0, -signal.SIGKILL), "the proxy went on running"
+    assert f"http://127.0.0.1:{ports[taken]} ({what}) is in use by another program" in err, err
+
+
 def test_up_is_ready_only_once_its_address_answers_as_campushub(tmp_path):
-    """Another program takes the users' address between `up`'s check and the proxy's start: the
-    proxy cannot listen, and `up` must not send users to that program."""
+    """Another program takes the users' address after `up` and the proxy checked it, while the proxy
+    loads: the proxy cannot listen (it says so, and runs on), and `up` must not send users there."""
     site, ports = site_on_free_ports(tmp_path)
     up = start_up(site)
-    first = up.stdout.readline()  # printed once the addresses were found free, before the proxy starts
-    assert first.startswith("CampusHub "), first
+    # configurable-http-proxy has been started (both checks passed) and is loading, not yet listening
+    wait_for(lambda: proxy_loading(ports["port"]), 30, "the proxy to start", interval=0.005)
     with another_program(ports["port"]):
         out, err = finish(up, timeout=90)
     assert up.returncode != 0, out
