@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.slurm import free_port
+
 EXAMPLE = Path(__file__).parents[2] / "hub_config" / "campushub.example.yaml"
 
 
@@ -194,6 +196,19 @@ def test_output_into_a_closed_pipe_ends_quietly(args, example):
         os.close(pipe)
     assert r.stderr == ""
     assert r.returncode == 0
+
+
+def test_up_into_a_closed_pipe_ends_quietly_and_starts_nothing(tmp_path):
+    f = tmp_path / "site.yaml"
+    f.write_text(f"hub:\n  port: {free_port()}\n  hub_port: {free_port()}\n  state_dir: {tmp_path / 'state'}\n"
+                 f"proxy:\n  api_port: {free_port()}\n")  # fmt: skip
+    pipe = closed_pipe()
+    try:
+        r = campushub("up", "--config", str(f), stdout=pipe, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(pipe)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert not (tmp_path / "state" / "jupyterhub.sqlite").exists(), "a hub was started"
 
 
 def test_errors_into_a_closed_pipe_keep_their_exit_status(tmp_path):
