@@ -23,15 +23,16 @@ DEMO_PACKAGES := python3-venv $(NODE_PACKAGES)
 # podman, runc, uidmap, slirp4netns: a user's server in a rootless podman container (tests/integration/test_podman.py).
 TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo chromium podman runc uidmap slirp4netns
 
-.PHONY: help demo check test hooks lock install system-packages test-system-packages singleuser-env clean
+.PHONY: help demo check test hooks lock install system-packages test-system-packages singleuser-env clean clean-demo-state
 
 help:
-	@echo "make demo   install what is needed and run the CampusHub demo on http://127.0.0.1:8000"
-	@echo "make check  lint, format check and unit tests (no root needed, under a minute)"
-	@echo "make test   make check, then install what is needed (as root) and run all tests against a throwaway Slurm cluster"
-	@echo "make hooks  run make check's linters before each git commit (pre-commit)"
-	@echo "make lock   resolve the newest releases within pyproject.toml's ranges into constraints.txt"
-	@echo "make clean  remove the virtualenv and the demo's state folder"
+	@echo "make demo              install what is needed and run the CampusHub demo on http://127.0.0.1:8000"
+	@echo "make check             lint, format check and unit tests (no root needed, under a minute)"
+	@echo "make test              make check, then install what is needed (as root) and run all tests against a throwaway Slurm cluster"
+	@echo "make hooks             run make check's linters before each git commit (pre-commit)"
+	@echo "make lock              resolve the newest releases within pyproject.toml's ranges into constraints.txt"
+	@echo "make clean             remove what can be rebuilt: the virtualenv, caches, build outputs"
+	@echo "make clean-demo-state  delete the demo's campushub-state/: its database, secrets and every user's files"
 
 demo: install
 	$(VENV)/bin/campushub up
@@ -75,8 +76,21 @@ $(SINGLEUSER_ENV)/.installed: images/singleuser-requirements.txt $(CONSTRAINTS) 
 	chmod -R a+rX $(SINGLEUSER_ENV) $(dir $(SINGLEUSER_ENV))
 	touch $@
 
+# Only what can be rebuilt. The demo's state folder holds users' notebooks: clean-demo-state deletes it.
 clean:
-	rm -rf $(VENV) campushub-state
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist
+	find . -path ./campushub-state -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d -prune -exec rm -rf {} +
+	@if [ -d campushub-state ]; then \
+	  echo "kept campushub-state/ (the demo's database, secrets and users' files): make clean-demo-state deletes it"; fi
+
+clean-demo-state:
+	@if [ -d campushub-state ]; then \
+	  echo "deleting campushub-state/: the demo's database, secrets and users' homes with every file in them:"; \
+	  for home in campushub-state/homes/*/; do [ -d "$$home" ] && echo "  $$home"; done; \
+	  rm -rf campushub-state; \
+	else \
+	  echo "no campushub-state/ here: nothing to delete"; \
+	fi
 
 # constraints.txt from scratch: a throwaway environment gets the newest releases that pyproject.toml's ranges
 # (with the test and dev extras), the single-user environment and the benchmark's stock peer allow, and pip

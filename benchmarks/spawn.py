@@ -328,7 +328,7 @@ def main(argv=None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupted)
-    with machine_lock(waiting=log):
+    with machine_lock(say=log):
         return run(args)
 
 

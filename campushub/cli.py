@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import http.client
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 from . import __version__
-from .hubconfig import hub_config, public_url
+from .hubconfig import check_site, hub_config, public_url
 from .site import Site, SiteError, load_site, site_schema
 from .state import StateDir
 
 PROXY_COMMAND = "configurable-http-proxy"
+# Seconds the users' address may take to answer at all, once the hub answers
+PROXY_WAIT = 15
 
 
 class CommandError(Exception):
@@ -51,7 +57,9 @@ def find_proxy() -> str:
 
 def cmd_config_check(args) -> int:
     site = load_site(args.file)
-    print(f"OK: {site.source} (spawner backend: {site.spawner.backend}, login: {site.auth.kind})")
+    check_site(site)
+    empty = "empty: the demo defaults apply; " if not site.model_fields_set - {"source"} else ""
+    print(f"OK: {site.source} ({empty}spawner backend: {site.spawner.backend}, login: {site.auth.kind})")
     for name, settings in site.hub.extra_config.items():
         for key, value in settings.items():
             print(f"  extra JupyterHub setting (hub.extra_config): {name}.{key} = {value!r}")
@@ -68,6 +76,7 @@ def cmd_config_schema(args) -> int:
 
 def cmd_proxy(args) -> int:
     site = site_from(args)
+    check_addresses_free(site, hub=False)
     state = StateDir(site.hub.state_dir).ensure()
     hub_url = f"http://{connectable(site.hub.hub_ip)}:{site.hub.hub_port}"
     argv = [
@@ -86,7 +95,7 @@ def cmd_proxy(args) -> int:
 
 def cmd_hub(args) -> int:
     site = site_from(args)  # a bad site file stops here, with every problem listed
-    hub_config(site)  # and so does what only a start can check (secret files)
+    hub_config(site)  # and so does what only its files can tell (secret files), before anything is created
     if site.source:
         os.environ["CAMPUSHUB_CONFIG"] = str(site.source)
     else:
@@ -113,13 +122,59 @@ def _raise_stop(signum, frame):
     raise Stop()
 
 
-def hub_answers(site: Site) -> bool:
+def http_address(ip: str, port: int) -> str:
+    host = connectable(ip)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def hub_api_answer(address: str, site: Site) -> tuple[int, str, str] | None:
+    """(status, Server header, body) of GET <address><base_url>hub/api/, or None when nothing answers."""
     try:
-        url = f"http://{connectable(site.hub.hub_ip)}:{site.hub.hub_port}{site.hub.base_url}hub/api/"
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
+        with urllib.request.urlopen(f"{address}{site.hub.base_url}hub/api/", timeout=2) as r:
+            return r.status, r.headers.get("Server", ""), r.read(4096).decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Server", ""), ""
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def check_addresses_free(site: Site, hub: bool = True) -> None:
+    """Refuse to start when another program listens where the proxy (or the hub) must: the proxy would
+    only log it and go on, and users would reach that program."""
+    addresses = [
+        (site.hub.ip, site.hub.port, "hub.port", "where users reach CampusHub"),
+        ("127.0.0.1", site.proxy.api_port, "proxy.api_port", "the proxy's API"),
+    ]
+    if hub:
+        addresses.insert(1, (site.hub.hub_ip, site.hub.hub_port, "hub.hub_port", "the hub's API"))
+    problems = []
+    for ip, port, key, what in addresses:
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy and the hub bind
+            try:
+                s.bind((ip, port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    problems.append(
+                        f"{http_address(ip, port)} ({what}) is in use by another program: "
+                        f"stop it, or choose another {key} in a site file"
+                    )
+                else:
+                    problems.append(f"cannot listen on {http_address(ip, port)} ({what}): {e.strerror}")
+    if problems:
+        raise CommandError("\n  ".join(["CampusHub cannot start:", *problems]))
+
+
+def not_campushub(address: str, answer: tuple[int, str, str] | None) -> str:
+    if answer is None:
+        return f"nothing answers at {address}: the proxy does not listen there (see its messages above)"
+    status, server, _ = answer
+    who = f"HTTP {status}" + (f", server {server}" if server else "")
+    return (
+        f"{address} answers as another program ({who}), not as CampusHub: "
+        "stop that program, or choose another hub.port in a site file"
+    )
 
 
 def stop_child(proc: subprocess.Popen, name: str, timeout: float) -> None:
@@ -136,14 +191,18 @@ def stop_child(proc: subprocess.Popen, name: str, timeout: float) -> None:
 
 def cmd_up(args) -> int:
     site = site_from(args)
+    check_site(site)
     find_proxy()
+    check_addresses_free(site)
     state = StateDir(site.hub.state_dir).ensure()
     common = ["--config", str(site.source)] if site.source else []
     me = [sys.executable, "-m", "campushub"]
     url = public_url(site)
 
+    homes = ", users' files in homes/" if site.spawner.backend == "local" else ""
     print(f"CampusHub {__version__}: starting at {url}")
-    print(f"  state folder (database, secrets, logs): {state.path}")
+    print(f"  state folder (database, secrets{homes}): {state.path}")
+    print("  the hub and the proxy log to this terminal")
     if site.auth.kind == "shared-password":
         password, created = state.demo_password()
         if created:
@@ -162,7 +221,10 @@ def cmd_up(args) -> int:
     # server) before the proxy.
     proxy = subprocess.Popen([*me, "proxy", *common], start_new_session=True)
     hub = subprocess.Popen([*me, "hub", "--cleanup-servers", *common], start_new_session=True)
+    hub_address = http_address(site.hub.hub_ip, site.hub.hub_port)
+    users_address = http_address(site.hub.ip, site.hub.port)
     ready = False
+    hub_up_since = None
     code = 0
     try:
         while True:
@@ -171,9 +233,18 @@ def cmd_up(args) -> int:
                     print(f"campushub: the {name} exited (status {proc.returncode}); stopping", file=sys.stderr)
                     code = 1
                     raise Stop()
-            if not ready and hub_answers(site):
-                ready = True
-                print(f"CampusHub is ready: open {url} (Ctrl-C stops it and every user's server)", flush=True)
+            hub_says = None if ready else hub_api_answer(hub_address, site)
+            if hub_says and hub_says[0] == 200:
+                # Ready only once the users' address, through the proxy, answers as this hub does.
+                users_get = hub_api_answer(users_address, site)
+                hub_up_since = hub_up_since or time.monotonic()
+                if users_get and (users_get[0], users_get[2]) == (hub_says[0], hub_says[2]):
+                    ready = True
+                    print(f"CampusHub is ready: open {url} (Ctrl-C stops it and every user's server)", flush=True)
+                elif users_get or time.monotonic() - hub_up_since > PROXY_WAIT:
+                    print(f"campushub: {not_campushub(users_address, users_get)}; stopping", file=sys.stderr)
+                    code = 1
+                    raise Stop()
             time.sleep(0.5)
     except Stop:
         print("campushub: stopping the hub and every user's server, then the proxy ...", flush=True)
@@ -253,14 +324,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return run(argv)
+        finally:
+            sys.stdout.flush()  # here, where a closed pipe can still be caught
+    except BrokenPipeError:
+        # The reader went away (`campushub config schema | head`): end quietly, as cat does.
+        silence_output()
+        return 0
+
+
+def silence_output() -> None:
+    """Point stdout and stderr at /dev/null, so that Python's own flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, sys.stderr.fileno())
+
+
+def run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except SiteError as e:
-        print("campushub: the site file has errors:", file=sys.stderr)
-        for problem in e.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 2
+        message = "the site file has errors:\n" + "\n".join(f"  {problem}" for problem in e.problems)
     except CommandError as e:
-        print(f"campushub: {e}", file=sys.stderr)
-        return 2
+        message = str(e)
+    try:
+        print(f"campushub: {message}", file=sys.stderr)
+    except BrokenPipeError:
+        silence_output()  # the failure still shows in the exit status
+    return 2

@@ -5,6 +5,8 @@ One small function per concern; each sets traits and never appends to or mutates
 
 from __future__ import annotations
 
+import errno
+import getpass
 import os
 import sys
 from pathlib import Path
@@ -36,17 +38,46 @@ def apply_proxy(c: Config, site: Site, state: StateDir) -> None:
 
 
 def read_secret_file(path: Path, key: str) -> str:
-    """A secret from an admin's file; it must exist and not be readable by others."""
+    """A secret from an admin's file, refused as `secret_file_problem` says."""
+    problem = secret_file_problem(path, key)
+    if problem:
+        raise SiteError([problem])
+    return path.read_text().strip()
+
+
+def secret_file_problem(path: Path, key: str) -> str | None:
+    """Why an admin's secret file cannot be used, or None: it must exist, be readable and hold a value,
+    and not be readable by every user."""
     try:
         mode = path.stat().st_mode
         value = path.read_text().strip()
     except OSError as e:
-        raise SiteError([f"{key}: cannot read {path}: {e.strerror}"]) from None
+        as_whom = f" (as user {getpass.getuser()})" if e.errno == errno.EACCES else ""
+        return f"{key}: cannot read {path}: {e.strerror}{as_whom}"
     if mode & 0o004:
-        raise SiteError([f"{key}: {path} is readable by every user: chmod 600 it"])
+        return f"{key}: {path} is readable by every user: chmod 600 it"
     if not value:
-        raise SiteError([f"{key}: {path} is empty"])
-    return value
+        return f"{key}: {path} is empty"
+    return None
+
+
+def check_site(site: Site) -> None:
+    """Raise SiteError for what only the files named in the site can tell, and the hub would refuse.
+    `campushub config check` and the hub's start both run it, before anything is created."""
+    secrets = {}
+    if site.auth.kind == "oidc":
+        secrets["auth.oidc.client_secret_file"] = site.auth.oidc.client_secret_file
+    elif site.auth.kind == "github":
+        secrets["auth.github.client_secret_file"] = site.auth.github.client_secret_file
+    problems = [problem for key, path in secrets.items() if (problem := secret_file_problem(path, key))]
+    if site.spawner.backend == "local" and site.auth.kind != "shared-password" and os.geteuid() != 0:
+        # each server runs as the user's unix account (JupyterHub's setuid spawning)
+        problems.append(
+            "spawner.backend: local with a campus login runs each server as the user's unix account, "
+            "so the hub must run as root"
+        )
+    if problems:
+        raise SiteError(problems)
 
 
 def public_url(site: Site) -> str:
@@ -124,12 +155,7 @@ def apply_local(c: Config, site: Site, state: StateDir) -> None:
     env = site.spawner.local.python_env
     c.Spawner.cmd = [str((env / "bin" if env else Path(sys.executable).parent) / "jupyterhub-singleuser")]
     if site.auth.kind != "shared-password":
-        # Each server runs as the user's own unix account (JupyterHub's setuid spawning), which needs root.
-        if os.geteuid() != 0:
-            raise SiteError([
-                "spawner.backend: local with a campus login runs each server as the user's unix account, "
-                "so the hub must run as root"
-            ])  # fmt: skip
+        # each server runs as the user's own unix account (check_site: the hub is root)
         from .spawners.local import LocalSpawner
 
         c.JupyterHub.spawner_class = LocalSpawner
@@ -167,7 +193,9 @@ def apply_culling(c: Config, site: Site, state: StateDir) -> None:
         {
             "name": "idle-culler",
             "command": [
-                sys.executable, "-m", "jupyterhub_idle_culler",
+                sys.executable,
+                "-m",
+                "jupyterhub_idle_culler",
                 f"--timeout={cull.idle_timeout}",
                 f"--cull-every={cull.check_every}",
             ],  # fmt: skip
@@ -225,7 +253,9 @@ def extra_config_problems(extra: dict[str, dict]) -> list[str]:
                 problems.append(f"{name}.{key}: does nothing in CampusHub: set {RETIRED_SETTINGS[key]}")
             elif key not in known:
                 near = get_close_matches(key, known, n=1)
-                problems.append(f"{name}.{key}: {name} has no such setting" + (f" (did you mean {near[0]!r}?)" if near else ""))
+                problems.append(
+                    f"{name}.{key}: {name} has no such setting" + (f" (did you mean {near[0]!r}?)" if near else "")
+                )
     return problems
 
 
@@ -238,6 +268,7 @@ def apply_extra(c: Config, site: Site, state: StateDir) -> None:
 
 def hub_config(site: Site) -> Config:
     """The whole JupyterHub config for a site."""
+    check_site(site)
     state = StateDir(site.hub.state_dir).ensure()
     c = Config()
     for apply in (apply_hub, apply_proxy, apply_auth, apply_spawner, apply_culling, apply_extra):

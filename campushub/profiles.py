@@ -143,9 +143,7 @@ def granted_profiles(
         slugs = (properties or {}).get(GROUP_PROPERTY) or []
         if isinstance(slugs, list):
             by_property |= {s for s in slugs if isinstance(s, str)}
-    return [
-        p for p in profiles if admin or p.everyone or set(p.groups) & set(groups) or p.slug in by_property
-    ]
+    return [p for p in profiles if admin or p.everyone or set(p.groups) & set(groups) or p.slug in by_property]
 
 
 def default_profile(granted: list[Profile]) -> Profile:
@@ -168,7 +166,7 @@ def resolve_request(
     if options is None:
         options = {}
     if not isinstance(options, Mapping):
-        raise ProfileError("user_options must be an object like {\"profile\": \"cpu\"}")
+        raise ProfileError('user_options must be an object like {"profile": "cpu"}')
     unknown = [repr(k)[:40] for k in options if k not in OPTION_KEYS]
     if unknown:
         raise ProfileError(f"unknown option {', '.join(unknown)}: the options are {', '.join(OPTION_KEYS)}")
@@ -236,7 +234,9 @@ TEMPLATES = Path(__file__).with_name("templates")
 FORM_TEMPLATE = "campushub-spawn-form.html"
 
 
-def options_form(granted: list[Profile], defaults: SlurmDefaults, notice: str = "", env: Environment | None = None) -> str:
+def options_form(
+    granted: list[Profile], defaults: SlurmDefaults, notice: str = "", env: Environment | None = None
+) -> str:
     """The spawn page's form (templates/campushub-spawn-form.html), rendered with autoescaping by `env`
     (the hub's, so that a site's template_paths can override it) or CampusHub's own."""
     template = None

@@ -7,12 +7,13 @@ Relative paths in a site file are relative to the folder holding that file.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .profiles import Memory, Model, Profile, SlurmName, Walltime
 
@@ -40,7 +41,6 @@ def moved_keys(data: Any, moved: dict[str, str]) -> Any:
 
 
 class Section(Model):
-
     @field_validator("*", mode="after")
     @classmethod
     def _resolve_paths(cls, value: Any, info: ValidationInfo) -> Any:
@@ -53,7 +53,7 @@ class Section(Model):
 class HubSettings(Section):
     ip: str = Field(
         "127.0.0.1",
-        description="Address where users reach CampusHub (the proxy listens here). "
+        description="IP address where users reach CampusHub (the proxy listens here; 0.0.0.0: every interface). "
         "Keep 127.0.0.1 behind a TLS-terminating reverse proxy.",
     )
     port: Port = Field(8000, description="Port where users reach CampusHub.")
@@ -62,10 +62,24 @@ class HubSettings(Section):
     )
     hub_ip: str = Field(
         "127.0.0.1",
-        description="Address of the hub's own API. Servers on compute nodes must reach it: "
+        description="IP address of the hub's own API. Servers on compute nodes must reach it: "
         "on a cluster use an address of the hub host that the nodes can reach.",
     )
     hub_port: Port = Field(8081, description="Port of the hub's own API.")
+
+    @field_validator("ip", "hub_ip")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        if value != "localhost":
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not an IP address: give one such as 127.0.0.1 or 10.0.0.5 "
+                    "(0.0.0.0 listens on every interface)"
+                ) from None
+        return value
+
     public_url: Url | None = Field(
         None,
         description="The address users open, when a reverse proxy serves CampusHub (e.g. https://hub.campus.edu/). "
@@ -79,7 +93,9 @@ class HubSettings(Section):
     )
     state_dir: Path = Field(
         Path("campushub-state"),
-        description="Folder for the hub database (SQLite), generated secrets and logs. Created with mode 0700.",
+        description="Folder for the hub database (SQLite) and generated secrets; with the local backend, "
+        "users' homes in its homes/. Created with mode 0700. Logs go to the standard output of "
+        "`campushub up`, `hub` and `proxy` (a terminal, or the service manager's journal).",
     )
     extra_config: dict[str, dict[str, Any]] = Field(
         {},
@@ -149,9 +165,7 @@ class OIDCSettings(Section):
 
 
 class GitHubSettings(Section):
-    url: Url = Field(
-        "https://github.com", description="GitHub, or the address of a GitHub Enterprise Server."
-    )
+    url: Url = Field("https://github.com", description="GitHub, or the address of a GitHub Enterprise Server.")
     client_id: str = Field(min_length=1, description="The OAuth app's client id.")
     client_secret_file: Path = Field(description="File holding the OAuth app's client secret (mode 0600).")
     allowed_organizations: list[str] = Field([], description="GitHub organizations (or org:team) allowed in.")
@@ -417,7 +431,33 @@ def _problem(error: dict) -> str:
     where = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in error["loc"]).replace(".[", "[")
     message = error["msg"].removeprefix("Value error, ")
     message = message[:1].lower() + message[1:]
+    if error["type"] == "extra_forbidden":
+        near = difflib.get_close_matches(str(error["loc"][-1]), _keys_at(error["loc"][:-1]), n=1)
+        if near:
+            message += f"; did you mean '{near[0]}'?"
     return f"{where}: {message}" if where else message
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys that the section at `loc` (a pydantic error location) accepts."""
+    model = Site
+    for part in loc:
+        if isinstance(part, str):
+            field = model.model_fields.get(part)
+            model = _model_in(field.annotation) if field else None
+            if model is None:
+                return []
+    return [name for name in model.model_fields if name != "source"]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model inside an annotation such as `X | None` or `list[X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if found := _model_in(arg):
+            return found
+    return None
 
 
 def parse_site(data: Any, base: Path | None = None) -> Site:

@@ -1,4 +1,5 @@
-"""The state folder: hub database, generated secrets, logs. Secrets are files of mode 0600."""
+"""The state folder: hub database and generated secrets (files of mode 0600); with the local backend
+(the demo), users' homes in homes/."""
 
 from __future__ import annotations
 

@@ -5,8 +5,10 @@ tests/unit runs without root.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,12 +19,23 @@ from tests.cluster.slurm import SlurmCluster
 
 
 @pytest.fixture(scope="session")
-def root_required():
+def root_required(request):
     if os.geteuid() != 0:
         pytest.fail("these tests need root: they start Slurm daemons and create unix users (run `make test`)")
     # The test users and the demo's ports are the machine's: one integration session at a time.
-    with machine_lock():
+    with machine_lock(say=lambda line: to_terminal(request.config, line)):
         yield
+
+
+def to_terminal(config: pytest.Config, line: str) -> None:
+    """A line on the terminal, past pytest's capture of what fixtures print."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        if reporter:
+            reporter.write_line(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
 
 @pytest.fixture(scope="session")

@@ -161,7 +161,9 @@ RETIRED_SETTINGS = {
     "req_qos": "spawner.slurm.qos",
     **dict.fromkeys(("req_ngpus", "req_gres"), "profiles[].resources.gpus (and gpu_type)"),
     **dict.fromkeys(("req_prologue", "req_epilogue", "batch_script"), "spawner.slurm.prologue"),
-    **dict.fromkeys(("req_options", "req_cluster", "req_reservation", "req_host"), "a profile, or Slurm's own defaults"),
+    **dict.fromkeys(
+        ("req_options", "req_cluster", "req_reservation", "req_host"), "a profile, or Slurm's own defaults"
+    ),
     "req_srun": "spawner.slurm.container.runtime: pyxis",
     "req_keepvars_extra": "spawner.environment in a JupyterHub config (hub.extra_config)",
     **dict.fromkeys(
@@ -196,9 +198,9 @@ def parse_port_report(body: bytes) -> int:
     try:
         data = json.loads(body or b"")
     except (ValueError, UnicodeDecodeError):
-        raise PortReportError("the body must be JSON: {\"port\": <integer>}") from None
+        raise PortReportError('the body must be JSON: {"port": <integer>}') from None
     if not isinstance(data, dict):
-        raise PortReportError("the body must be a JSON object: {\"port\": <integer>}")
+        raise PortReportError('the body must be a JSON object: {"port": <integer>}')
     extra = sorted(set(data) - {"port"})
     if extra:
         raise PortReportError(f"only 'port' may be reported; refused: {', '.join(map(str, extra))}")
@@ -272,9 +274,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             self.log.warning("SlurmSpawner.%s does nothing in CampusHub: set %s instead", key, instead)
 
     def all_profiles(self) -> list[Profile]:
-        return list(self.profiles) or [
-            Profile(slug="default", display_name="Default", default=True, everyone=True)
-        ]
+        return list(self.profiles) or [Profile(slug="default", display_name="Default", default=True, everyone=True)]
 
     def granted_profiles(self) -> list[Profile]:
         groups = {g.name: dict(g.properties or {}) for g in self.user.groups}
@@ -317,7 +317,9 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                 f"Your saved choice cannot be used any more ({e.log_message % e.args}): "
                 f"starting with the default profile, {request.profile!r}."
             )
-            self.log.info("Saved options of %s refused, using the default profile: %s", self._log_name, e.log_message % e.args)
+            self.log.info(
+                "Saved options of %s refused, using the default profile: %s", self._log_name, e.log_message % e.args
+            )
             options = {}
             self.save_options(options)
         self.accepted_options = dict(options or {})
@@ -346,12 +348,13 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     def notices(self, granted: list[Profile]) -> str:
         found = []
         if self.last_stop:
-            found.append(f"Your last server (Slurm job {self.last_stop['job_id']}) stopped: {self.last_stop['reason']}.")
+            found.append(
+                f"Your last server (Slurm job {self.last_stop['job_id']}) stopped: {self.last_stop['reason']}."
+            )
         saved = (self.orm_spawner.user_options if self.orm_spawner is not None else None) or {}
         if saved.get("profile") and saved["profile"] not in {p.slug for p in granted}:
             found.append(
-                f"The profile you used last, {saved['profile']!r}, is no longer granted to you: "
-                "choose another one."
+                f"The profile you used last, {saved['profile']!r}, is no longer granted to you: choose another one."
             )
         return " ".join(found)
 
@@ -464,7 +467,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         if self.slurm.prologue:
             lines.append(self.slurm.prologue)
         if self.slurm.python_env:
-            lines.append(f"export PATH={shlex.quote(os.path.join(self.slurm.python_env, 'bin'))}:\"$PATH\"")
+            lines.append(f'export PATH={shlex.quote(os.path.join(self.slurm.python_env, "bin"))}:"$PATH"')
         container = container_command(self.slurm.container, self.unix_account().pw_dir, request.gpus)
         words = [*container, self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
         lines.append("exec " + shlex.join(words))
@@ -492,7 +495,9 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             self.job_status = ""
             return JobStatus.NOTFOUND
         try:
-            rc, out, err = await self.run_as_user("squeue", "-h", "-j", self.job_id, "--states=all", "-o", SQUEUE_FORMAT)
+            rc, out, err = await self.run_as_user(
+                "squeue", "-h", "-j", self.job_id, "--states=all", "-o", SQUEUE_FORMAT
+            )
         except (TimeoutError, OSError) as e:
             rc, out, err = -1, "", str(e) or type(e).__name__
         status, text = classify_squeue(rc, out, err)
@@ -554,8 +559,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         state = squeue_fields(self.job_status)[0] or "ENDED"
         tail = await self.job_log_tail(job_id)
         return SpawnError(
-            f"Slurm job {job_id} ended ({state}) {when}. "
-            f"Last lines of its log {self.job_log_path(job_id)}:\n{tail}"
+            f"Slurm job {job_id} ended ({state}) {when}. Last lines of its log {self.job_log_path(job_id)}:\n{tail}"
         )
 
     # --- the spawn ------------------------------------------------------------------------
@@ -657,6 +661,6 @@ class PortReportHandler(APIHandler):
         self.finish({"message": f"port {port} recorded"})
 
 
-apihandlers.default_handlers[:] = [
-    h for h in apihandlers.default_handlers if h[0] != PORT_REPORT_PATH
-] + [(PORT_REPORT_PATH, PortReportHandler)]
+apihandlers.default_handlers[:] = [h for h in apihandlers.default_handlers if h[0] != PORT_REPORT_PATH] + [
+    (PORT_REPORT_PATH, PortReportHandler)
+]

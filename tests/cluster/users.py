@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pwd
+import shutil
 import subprocess
 import time
+from pathlib import Path
 
 
 def create_users(names: list[str]) -> list[pwd.struct_passwd]:
@@ -16,7 +18,7 @@ def create_users(names: list[str]) -> list[pwd.struct_passwd]:
 
 def remove_user(name: str) -> None:
     try:
-        pwd.getpwnam(name)
+        uid = pwd.getpwnam(name).pw_uid
     except KeyError:
         return
     subprocess.run(["pkill", "-KILL", "-u", name], check=False)
@@ -25,3 +27,12 @@ def remove_user(name: str) -> None:
             break
         time.sleep(0.1)
     subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+    # Rootless podman, with no XDG_RUNTIME_DIR (no login session here), keeps its runtime and
+    # storage folders in /tmp; userdel leaves them, and the next user given this uid would own them.
+    for folder in (Path(f"/tmp/containers-user-{uid}"), Path(f"/tmp/podman-run-{uid}")):
+        try:
+            owned = folder.lstat().st_uid == uid and folder.is_dir() and not folder.is_symlink()
+        except FileNotFoundError:
+            continue
+        if owned:
+            shutil.rmtree(folder)

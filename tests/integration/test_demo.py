@@ -8,12 +8,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
-from tests.cluster.slurm import wait_for
+from tests.cluster.slurm import free_port, wait_for
 
 URL = "http://127.0.0.1:8000"
 DEMO_PORTS = (8000, 8001, 8081)
@@ -75,6 +79,10 @@ def test_demo_runs_lab_and_ctrl_c_stops_everything(demo_dir):
         out = up.output()
         password = re.search(r"this password \(shown once\): (\S+)", out).group(1)
         state = demo_dir / "campushub-state"
+        # the banner says what the state folder holds, and where the logs go; both are checked below
+        assert f"  state folder (database, secrets, users' files in homes/): {state}\n" in out
+        assert "  the hub and the proxy log to this terminal\n" in out
+        assert "JupyterHub is now running" in out and "[ConfigProxy]" in out
         for secret in ("demo_password", "proxy_auth_token", "jupyterhub_cookie_secret"):
             assert (state / secret).stat().st_mode & 0o777 == 0o600, secret
         assert state.stat().st_mode & 0o777 == 0o700
@@ -100,6 +108,11 @@ def test_demo_runs_lab_and_ctrl_c_stops_everything(demo_dir):
         assert r.status_code == 200 and "JupyterLab" in r.text
         servers = processes_under(state / "homes" / "ada")
         assert servers, "the user's server runs in its home under the state folder"
+        notebook = state / "homes" / "ada" / "first.ipynb"
+        r = s.put(f"{URL}/user/ada/api/contents/first.ipynb", json={"type": "notebook"},
+                  headers={"X-XSRFToken": s.cookies.get("_xsrf", path="/user/ada/")})  # fmt: skip
+        assert r.status_code == 201, r.text
+        assert notebook.exists(), "a notebook saved in JupyterLab lands in the user's folder under homes/"
         # a user is not another
         assert s.get(f"{URL}/user/bob/api/status", allow_redirects=False).status_code in (302, 403, 404)
     finally:
@@ -131,3 +144,106 @@ def test_second_start_keeps_state_and_does_not_print_the_password_again(demo_dir
         assert r.status_code == 302
     finally:
         assert second.interrupt() == 0
+
+
+# --- another program on CampusHub's address --------------------------------------------------
+
+
+@contextmanager
+def another_program(port: int):
+    """A plain web server on 127.0.0.1:port, the way a newcomer's other project may hold it."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def site_on_free_ports(folder: Path) -> tuple[Path, dict]:
+    ports = {"port": free_port(), "hub_port": free_port(), "api_port": free_port()}
+    site = {
+        "hub": {"port": ports["port"], "hub_port": ports["hub_port"], "state_dir": str(folder / "state")},
+        "proxy": {"api_port": ports["api_port"]},
+    }
+    f = folder / "campushub.yaml"
+    f.write_text(yaml.safe_dump(site))
+    return f, ports
+
+
+def proxy_loading(port: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:
+            continue
+        if argv[:1] == [b"node"] and b"--port" in argv and argv[argv.index(b"--port") + 1] == str(port).encode():
+            return True
+    return False
+
+
+def start_up(site: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "campushub", "up", "--config", str(site)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def finish(up: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """`up`'s output once it has ended; past the timeout, Ctrl-C ends it (with its hub and proxy)."""
+    try:
+        return up.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        up.send_signal(signal.SIGINT)
+        return up.communicate(timeout=90)
+
+
+@pytest.mark.parametrize(
+    "taken, what",
+    [("port", "where users reach CampusHub"), ("hub_port", "the hub's API"), ("api_port", "the proxy's API")],
+)
+def test_up_refuses_an_address_that_another_program_holds(tmp_path, taken, what):
+    site, ports = site_on_free_ports(tmp_path)
+    with another_program(ports[taken]):
+        up = start_up(site)
+        out, err = finish(up, timeout=60)
+    assert up.returncode != 0, out
+    assert f"http://127.0.0.1:{ports[taken]} ({what}) is in use by another program" in err, err
+    assert "CampusHub is ready" not in out
+    assert not (tmp_path / "state").exists(), "nothing is made for a start that cannot happen"
+
+
+@pytest.mark.parametrize("taken, what", [("port", "where users reach CampusHub"), ("api_port", "the proxy's API")])
+def test_the_proxy_alone_refuses_an_address_that_another_program_holds(tmp_path, taken, what):
+    """`campushub proxy`, as a service manager runs it: a taken address fails the unit, visibly."""
+    site, ports = site_on_free_ports(tmp_path)
+    with another_program(ports[taken]):
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "campushub", "proxy", "--config", str(site)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            out, err = proxy.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            out, err = proxy.communicate()
+    assert proxy.returncode not in (0, -signal.SIGKILL), "the proxy went on running"
+    assert f"http://127.0.0.1:{ports[taken]} ({what}) is in use by another program" in err, err
+
+
+def test_up_is_ready_only_once_its_address_answers_as_campushub(tmp_path):
+    """Another program takes the users' address after `up` and the proxy checked it, while the proxy
+    loads: the proxy cannot listen (it says so, and runs on), and `up` must not send users there."""
+    site, ports = site_on_free_ports(tmp_path)
+    up = start_up(site)
+    # configurable-http-proxy has been started (both checks passed) and is loading, not yet listening
+    wait_for(lambda: proxy_loading(ports["port"]), 30, "the proxy to start", interval=0.005)
+    with another_program(ports["port"]):
+        out, err = finish(up, timeout=90)
+    assert up.returncode != 0, out
+    assert f"http://127.0.0.1:{ports['port']} answers as another program" in err, err
+    assert "CampusHub is ready" not in out
+    assert "campushub: stopped" in out
+    assert not listening(ports["hub_port"]) and not listening(ports["api_port"]), "the hub or proxy outlived `up`"

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cluster.slurm import free_port
+
 EXAMPLE = Path(__file__).parents[2] / "hub_config" / "campushub.example.yaml"
 
 
 def campushub(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "campushub", *args], capture_output=True, text=True, **kw)
+    streams = {} if "stdout" in kw or "stderr" in kw else {"capture_output": True}
+    return subprocess.run([sys.executable, "-m", "campushub", *args], text=True, **streams, **kw)
 
 
 @pytest.mark.parametrize(
@@ -26,8 +30,19 @@ def test_every_command_has_help(args):
     assert len(r.stdout.splitlines()) > 3
 
 
-def test_config_check_ok():
-    r = campushub("config", "check", str(EXAMPLE))
+@pytest.fixture
+def example(tmp_path) -> Path:
+    """The example site file, with its OIDC client secret in a file that exists."""
+    secret = tmp_path / "oidc-client-secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    f = tmp_path / "campushub.yaml"
+    f.write_text(EXAMPLE.read_text().replace("/etc/campushub/oidc-client-secret", str(secret)))
+    return f
+
+
+def test_config_check_ok(example):
+    r = campushub("config", "check", str(example))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("OK")
 
@@ -78,15 +93,134 @@ def test_the_demo_login_is_refused_off_loopback_by_check_and_at_start(tmp_path):
     assert not (tmp_path / "state").exists()
 
 
-def test_an_unreadable_or_open_client_secret_stops_the_hub(tmp_path):
-    secret = tmp_path / "secret"
-    secret.write_text("s3cret\n")
-    secret.chmod(0o644)
+def oidc_site(tmp_path: Path, secret: Path) -> Path:
     f = tmp_path / "site.yaml"
     f.write_text(
         "auth:\n  kind: oidc\n  oidc:\n    issuer: http://127.0.0.1:1/realms/x\n    client_id: hub\n"
         f"    client_secret_file: {secret}\n    allow_all_users: true\nhub:\n  state_dir: {tmp_path / 'state'}\n"
     )
-    r = campushub("hub", "--config", str(f), timeout=60)
+    return f
+
+
+def missing(secret: Path) -> str:
+    return f"cannot read {secret}: No such file or directory"
+
+
+def a_folder(secret: Path) -> str:
+    secret.mkdir()
+    return f"cannot read {secret}: Is a directory"
+
+
+def open_to_all(secret: Path) -> str:
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    return f"{secret} is readable by every user: chmod 600 it"
+
+
+def empty(secret: Path) -> str:
+    secret.write_text("\n")
+    secret.chmod(0o600)
+    return f"{secret} is empty"
+
+
+@pytest.mark.parametrize("make_secret", [missing, a_folder, open_to_all, empty])
+def test_config_check_refuses_the_secret_files_that_the_hub_refuses(tmp_path, make_secret):
+    secret = tmp_path / "secret"
+    message = f"auth.oidc.client_secret_file: {make_secret(secret)}"
+    f = oidc_site(tmp_path, secret)
+    check = campushub("config", "check", str(f))
+    assert (check.returncode, check.stdout) == (2, "")
+    assert message in check.stderr
+    for command in ("hub", "up"):
+        r = campushub(command, "--config", str(f), timeout=60)
+        assert r.returncode == 2, command
+        assert message in r.stderr, command
+        assert not (tmp_path / "state").exists(), (
+            f"`campushub {command}` created its state folder for a site it refused"
+        )
+
+
+def test_config_check_passes_a_usable_secret_file(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o640)
+    r = campushub("config", "check", str(oidc_site(tmp_path, secret)))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("OK")
+
+
+@pytest.mark.parametrize("key, value", [("ip", "not-an-ip"), ("hub_ip", "999.1.1.1")])
+def test_config_check_refuses_an_address_that_is_not_one(tmp_path, key, value):
+    f = tmp_path / "site.yaml"
+    f.write_text(f"hub:\n  {key}: {value}\n")
+    r = campushub("config", "check", str(f))
     assert r.returncode == 2
-    assert f"auth.oidc.client_secret_file: {secret} is readable by every user: chmod 600 it" in r.stderr
+    assert f"hub.{key}: '{value}' is not an IP address" in r.stderr
+
+
+def test_config_check_suggests_the_key_nearest_a_misspelt_one(tmp_path):
+    f = tmp_path / "site.yaml"
+    f.write_text("hub:\n  prot: 8000\n")
+    r = campushub("config", "check", str(f))
+    assert r.returncode == 2
+    assert "hub.prot: extra inputs are not permitted; did you mean 'port'?" in r.stderr
+
+
+@pytest.mark.parametrize("text", ["", "# nothing set yet\n", "{}\n"])
+def test_config_check_says_an_empty_site_file_gives_the_demo(tmp_path, text):
+    f = tmp_path / "site.yaml"
+    f.write_text(text)
+    r = campushub("config", "check", str(f))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"OK: {f} (empty: the demo defaults apply;")
+
+
+def test_config_check_does_not_call_a_file_with_settings_empty(example):
+    r = campushub("config", "check", str(example))
+    assert r.returncode == 0 and "empty" not in r.stdout
+
+
+def closed_pipe() -> int:
+    """The write end of a pipe whose reader is already gone (`| head` that has read its line)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    return write_end
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["config", "schema"], ["config", "check", "EXAMPLE"], ["--help"], ["up", "--help"], ["--version"]],
+)
+def test_output_into_a_closed_pipe_ends_quietly(args, example):
+    args = [str(example) if a == "EXAMPLE" else a for a in args]
+    pipe = closed_pipe()
+    try:
+        r = campushub(*args, stdout=pipe, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(pipe)
+    assert r.stderr == ""
+    assert r.returncode == 0
+
+
+def test_up_into_a_closed_pipe_ends_quietly_and_starts_nothing(tmp_path):
+    f = tmp_path / "site.yaml"
+    f.write_text(f"hub:\n  port: {free_port()}\n  hub_port: {free_port()}\n  state_dir: {tmp_path / 'state'}\n"
+                 f"proxy:\n  api_port: {free_port()}\n")  # fmt: skip
+    pipe = closed_pipe()
+    try:
+        r = campushub("up", "--config", str(f), stdout=pipe, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(pipe)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert not (tmp_path / "state" / "jupyterhub.sqlite").exists(), "a hub was started"
+
+
+def test_errors_into_a_closed_pipe_keep_their_exit_status(tmp_path):
+    f = tmp_path / "site.yaml"
+    f.write_text("hub:\n  port: 0\n")
+    pipe = closed_pipe()
+    try:
+        r = campushub("config", "check", str(f), stdout=subprocess.PIPE, stderr=pipe)
+    finally:
+        os.close(pipe)
+    assert r.returncode == 2

@@ -268,3 +268,40 @@ def test_only_the_demo_runs_servers_as_the_hubs_account(tmp_path, monkeypatch):
     monkeypatch.setattr("os.geteuid", lambda: 0)
     c = hub_config(parse_site({"hub": {"state_dir": str(tmp_path)}}))
     assert c.JupyterHub.spawner_class == "simple" and c.Spawner.args == ["--ServerApp.allow_root=True"]
+
+
+@pytest.mark.parametrize("key", ["ip", "hub_ip"])
+@pytest.mark.parametrize("value", ["not-an-ip", "999.1.1.1", "10.0.0", "", "hub.campus.edu"])
+def test_hub_addresses_must_be_ip_addresses(key, value):
+    assert problems({"hub": {key: value}}) == [
+        f"hub.{key}: {value!r} is not an IP address: give one such as 127.0.0.1 or 10.0.0.5 "
+        "(0.0.0.0 listens on every interface)"
+    ]
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", "localhost", "::1", "0.0.0.0", "10.0.0.5", "::"])
+def test_hub_api_addresses_that_are_addresses_pass(value):
+    assert parse_site({"hub": {"hub_ip": value}}).hub.hub_ip == value
+
+
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        ({"hub": {"prot": 8000}}, "hub.prot: extra inputs are not permitted; did you mean 'port'?"),
+        ({"spawnr": {}}, "spawnr: extra inputs are not permitted; did you mean 'spawner'?"),
+        (
+            {"spawner": {"backend": "slurm", "slurm": {"partition": "gpu", "cpu": 2}}},
+            "spawner.slurm.cpu: extra inputs are not permitted; did you mean 'cpus'?",
+        ),
+        (
+            {
+                "spawner": {"backend": "slurm", "slurm": {"partition": "gpu"}},
+                "profiles": [{"slug": "a", "display_name": "A", "resorces": {}}],
+            },
+            "profiles[0].resorces: extra inputs are not permitted; did you mean 'resources'?",
+        ),
+        ({"hub": {"colour": "blue"}}, "hub.colour: extra inputs are not permitted"),
+    ],
+)
+def test_a_misspelt_key_names_the_nearest_valid_one(data, problem):
+    assert problems(data) == [problem]
