@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from . import __version__
-from .hubconfig import check_site, hub_config, public_url
+from .hubconfig import check_site, hub_config, listen_url, public_url
 from .site import Site, SiteError, load_site, site_schema
 from .state import StateDir
 
@@ -123,8 +123,7 @@ def _raise_stop(signum, frame):
 
 
 def http_address(ip: str, port: int) -> str:
-    host = connectable(ip)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return listen_url(connectable(ip), port)
 
 
 def hub_api_answer(address: str, site: Site) -> tuple[int, str, str] | None:

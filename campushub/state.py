@@ -9,6 +9,9 @@ from pathlib import Path
 
 
 class StateDir:
+    # the secrets generated into the folder
+    SECRETS = ("jupyterhub_cookie_secret", "proxy_auth_token", "crypt_key", "demo_password", "demo_admin_password")
+
     def __init__(self, path: Path):
         self.path = Path(path)
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from campushub.hubconfig import hub_config
+from campushub.hubconfig import check_site, hub_config, public_url
 from campushub.site import Site, SiteError, load_site, parse_site, site_schema
 
 EXAMPLE = Path(__file__).parents[2] / "hub_config" / "campushub.example.yaml"
@@ -305,3 +305,16 @@ def test_hub_api_addresses_that_are_addresses_pass(value):
 )
 def test_a_misspelt_key_names_the_nearest_valid_one(data, problem):
     assert problems(data) == [problem]
+
+
+def test_an_ipv6_hub_address_is_bracketed_in_urls(tmp_path):
+    site = parse_site({"hub": {"ip": "::1", "state_dir": str(tmp_path)}})
+    assert hub_config(site).JupyterHub.bind_url == "http://[::1]:8000/"
+    assert public_url(site) == "http://[::1]:8000/"
+
+
+def test_a_generated_secret_opened_to_others_is_refused_before_the_start(tmp_path):
+    hub_config(parse_site({"hub": {"state_dir": str(tmp_path)}}))
+    (tmp_path / "proxy_auth_token").chmod(0o644)
+    with pytest.raises(SiteError, match=r"proxy_auth_token is readable by others: chmod 600 it"):
+        check_site(parse_site({"hub": {"state_dir": str(tmp_path)}}))
