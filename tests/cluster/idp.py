@@ -9,11 +9,11 @@ first asked for.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from functools import cache
 from pathlib import Path
 
 import requests
-from oidc_provider_mock import run_server_in_thread
 
 from .slurm import free_port
 
@@ -24,6 +24,10 @@ ADMIN_GROUP = "hub-admins"
 
 class IdentityProvider:
     def __init__(self):
+        with warnings.catch_warnings():  # authlib warns of its own deprecated modules, which the provider uses
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from oidc_provider_mock import run_server_in_thread
+
         self.port = free_port()
         self._server = run_server_in_thread(port=self.port)
         self._server.__enter__()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from tornado import web
 
-from campushub.auth import Identities, unix_name
+from campushub.auth import CampusOIDCAuthenticator, Identities, unix_name
 from campushub.site import SiteError, parse_site
 
 
@@ -109,3 +111,28 @@ def test_uid_bounds():
     assert problems({"users": {"min_uid": 5000, "max_uid": 4000}}) == ["users: min_uid must not be larger than max_uid"]
     moved = problems({"spawner": {"backend": "slurm", "slurm": {"partition": "gpu", "min_uid": 500}}})
     assert moved == ["spawner.slurm: min_uid has been renamed: set users.min_uid"]
+
+
+@pytest.mark.parametrize(
+    "info, allowed",
+    [
+        ({"email": "ada@campus.example", "email_verified": True}, True),
+        ({"email": "Ada@CAMPUS.example"}, True),  # no email_verified claim: the provider's word is the address
+        ({"email": "ada@campus.example", "email_verified": False}, False),
+        ({"email": "ada@evil.example", "email_verified": True}, False),
+        ({"email": "ada@campus.example.evil.example", "email_verified": True}, False),
+        ({}, False),
+    ],
+)
+def test_the_email_domain_is_checked_even_when_everyone_may_log_in(tmp_path, info, allowed):
+    authenticator = CampusOIDCAuthenticator(
+        issuer="https://sso.campus.example", allowed_email_domains="campus.example", allow_all=True,
+        identities_db=str(tmp_path / "identities.sqlite"),
+    )  # fmt: skip
+    model = {"name": "ada", "auth_state": {authenticator.user_auth_state_key: info}}
+    check = authenticator.check_blocked_users("ada", model)
+    if allowed:
+        assert asyncio.run(check) is True
+    else:
+        with pytest.raises(web.HTTPError, match="open to verified addresses at campus.example"):
+            asyncio.run(check)
