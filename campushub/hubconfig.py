@@ -286,5 +286,13 @@ def hub_config(site: Site) -> Config:
 
 
 def configure(c: Config) -> None:
-    """Load the site file named by CAMPUSHUB_CONFIG (embedded defaults if unset) into `c`."""
+    """Load the site file named by CAMPUSHUB_CONFIG (embedded defaults if unset) into `c`.
+
+    Settings of batchspawner that CampusHub replaces, set in the JupyterHub config before this call,
+    are refused with the site key to use (the spawner warns of any set after it)."""
+    from .spawners.slurm import retired_settings
+
+    retired = retired_settings(c)
+    if retired:
+        raise SiteError([f"{key}: does nothing in CampusHub: set {instead}" for key, instead in retired])
     c.merge(hub_config(load_site(os.environ.get("CAMPUSHUB_CONFIG") or None)))

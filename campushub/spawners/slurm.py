@@ -179,7 +179,7 @@ RETIRED_SETTINGS = {
 
 def retired_settings(config, cls=None) -> list[tuple[str, str]]:
     """(key, what to set instead) for each retired batchspawner setting in a JupyterHub config."""
-    sections = [c.__name__ for c in (cls or SlurmSpawner).mro() if hasattr(c, "class_trait_names")]
+    sections = dict.fromkeys(c.__name__ for c in (cls or SlurmSpawner).mro() if hasattr(c, "class_trait_names"))
     return [
         (key, RETIRED_SETTINGS[key])
         for section in sections

@@ -205,3 +205,17 @@ def test_batchspawners_own_settings_are_not_silently_ignored(caplog):
         spawner(config=c)
     assert "SlurmSpawner.req_partition does nothing in CampusHub: set spawner.slurm.partition instead" in caplog.text
     assert "SlurmSpawner.exec_prefix does nothing in CampusHub: set spawner.slurm.submit_prefix instead" in caplog.text
+
+
+def test_a_jupyterhub_config_with_batchspawners_settings_is_refused_with_the_key_to_use(monkeypatch, tmp_path):
+    from campushub.hubconfig import configure
+    from campushub.site import SiteError
+
+    monkeypatch.delenv("CAMPUSHUB_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    c = Config()
+    c.SlurmSpawner.req_runtime = "04:00:00"
+    with pytest.raises(SiteError) as e:
+        configure(c)
+    assert e.value.problems == ["req_runtime: does nothing in CampusHub: set spawner.slurm.walltime"]
+    assert not (tmp_path / "campushub-state").exists()
