@@ -25,7 +25,9 @@ ADMIN_GROUP = "hub-admins"
 class IdentityProvider:
     def __init__(self):
         with warnings.catch_warnings():  # authlib warns of its own deprecated modules, which the provider uses
-            warnings.simplefilter("ignore", DeprecationWarning)
+            import authlib.deprecate  # (it turns its warnings on when imported: first, so that this filter wins)
+
+            warnings.simplefilter("ignore", authlib.deprecate.AuthlibDeprecationWarning)
             from oidc_provider_mock import run_server_in_thread
 
         self.port = free_port()
