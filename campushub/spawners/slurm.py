@@ -268,10 +268,10 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        if self.slurm is None:
-            raise ValueError("SlurmSpawner needs its settings: spawner.slurm in the site file")
         for key, instead in retired_settings(self.config, type(self)):
             self.log.warning("SlurmSpawner.%s does nothing in CampusHub: set %s instead", key, instead)
+        if self.slurm is None:
+            raise ValueError("SlurmSpawner needs its settings: spawner.slurm in the site file")
 
     def all_profiles(self) -> list[Profile]:
         return list(self.profiles) or [Profile(slug="default", display_name="Default", default=True, everyone=True)]
