@@ -28,7 +28,7 @@ from pathlib import Path
 import requests
 
 from tests.cluster.hub import RunningHub
-from tests.cluster.idp import campus_login, shared_provider
+from tests.cluster.idp import campus_login, close_shared
 from tests.cluster.lock import machine_lock
 from tests.cluster.slurm import SlurmCluster, wait_for
 from tests.cluster.users import create_users, remove_user
@@ -253,8 +253,7 @@ class Bench:
                 subprocess.run(["pkill", "-f", f"slurmstepd.*{self.cluster.root}"], check=False)
         for user in self.created_users:
             remove_user(user)
-        if shared_provider.cache_info().currsize:
-            shared_provider().close()
+        close_shared()
         os.environ.pop("SLURM_CONF", None)
         if not self.args.keep:
             shutil.rmtree(self.root, ignore_errors=True)

@@ -102,8 +102,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_sessionfinish(session):
-    """The campus login's provider serves from a thread that would keep the test process alive."""
-    from tests.cluster.idp import shared_provider
+    """The campus login's shared provider: its thread would keep the test process alive."""
+    from tests.cluster.idp import close_shared
 
-    if shared_provider.cache_info().currsize:
-        shared_provider().close()
+    close_shared()

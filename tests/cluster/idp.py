@@ -8,6 +8,7 @@ first asked for.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import warnings
 from functools import cache
@@ -72,3 +73,13 @@ def campus_login() -> dict:
             "admin_groups": [ADMIN_GROUP],
         },
     }
+
+
+def close_shared() -> None:
+    """Stop the shared provider (its thread would keep the process alive) and remove the secret's folder."""
+    if shared_provider.cache_info().currsize:
+        shared_provider().close()
+        shared_provider.cache_clear()
+    if _client_secret_file.cache_info().currsize:
+        shutil.rmtree(_client_secret_file().parent, ignore_errors=True)
+        _client_secret_file.cache_clear()
