@@ -126,7 +126,7 @@ class IdentityBinding(OAuthenticator):
         raise refuse(f"{username} may not use CampusHub: {self.who_may_log_in()}. Ask your administrators for access.")
 
     def who_may_log_in(self) -> str:
-        return "it is open to the users and groups its administrators allowed"
+        raise NotImplementedError
 
     async def run_post_auth_hook(self, handler, authentication):
         name = authentication["name"]

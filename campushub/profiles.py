@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
@@ -234,6 +235,12 @@ TEMPLATES = Path(__file__).with_name("templates")
 FORM_TEMPLATE = "campushub-spawn-form.html"
 
 
+@cache
+def own_templates() -> Environment:
+    """CampusHub's templates, autoescaped: built once, not at every spawn page."""
+    return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True)
+
+
 def options_form(
     granted: list[Profile], defaults: SlurmDefaults, notice: str = "", env: Environment | None = None
 ) -> str:
@@ -246,7 +253,7 @@ def options_form(
         except TemplateNotFound:
             pass
     if template is None:
-        template = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True).get_template(FORM_TEMPLATE)
+        template = own_templates().get_template(FORM_TEMPLATE)
     return template.render(
         profiles=granted,
         chosen=default_profile(granted).slug if granted else "",

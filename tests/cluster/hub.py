@@ -133,12 +133,8 @@ class RunningHub:
         if self.campus_login:
             if user not in self.sessions:
                 set_user(self.site["auth"]["oidc"]["issuer"], user, preferred_username=user, groups=[CAMPUS_GROUP])
-                s = requests.Session()
-                form = s.get(f"{self.url}/hub/oauth_login", timeout=30)
-                assert form.status_code == 200 and 'name="sub"' in form.text, form.text[:500]
-                back = s.post(form.url, data={"sub": user}, allow_redirects=False, timeout=30)
-                # the hub's callback, not followed further: the spawn page would start a server
-                r = s.get(back.headers["location"], allow_redirects=False, timeout=60)
+                # up to the hub's callback, not further: the spawn page would start a server
+                s, r = self.oidc_login(user, follow=False)
                 assert r.status_code == 302, f"login of {user} failed: {r.status_code} {r.text[:300]}"
                 self.sessions[user] = s
             return self.sessions[user]
@@ -153,12 +149,18 @@ class RunningHub:
         assert r.status_code == 302, f"login of {user} failed: {r.status_code} {r.text[:300]}"
         return s
 
-    def oidc_login(self, sub: str, next_url: str = "") -> tuple[requests.Session, requests.Response]:
-        """Log in through the identity provider's own form, as `sub`: (session, the page it ends on)."""
+    def oidc_login(
+        self, sub: str, next_url: str = "", follow: bool = True
+    ) -> tuple[requests.Session, requests.Response]:
+        """Log in through the identity provider's own form, as `sub`: (session, the page it ends on, or
+        without `follow` the hub callback's answer)."""
         s = requests.Session()
         form = s.get(f"{self.url}/hub/oauth_login", params={"next": next_url} if next_url else None, timeout=30)
         assert form.status_code == 200 and 'name="sub"' in form.text, form.text[:500]
-        return s, s.post(form.url, data={"sub": sub}, timeout=60)
+        if follow:
+            return s, s.post(form.url, data={"sub": sub}, timeout=60)
+        back = s.post(form.url, data={"sub": sub}, allow_redirects=False, timeout=30)
+        return s, s.get(back.headers["location"], allow_redirects=False, timeout=60)
 
     def token(self, user: str, password: str | None = None) -> str:
         s = self.login(user, password)
