@@ -360,6 +360,62 @@ class CullingSettings(Section):
         return self
 
 
+class SmtpSettings(Section):
+    host: str = Field(min_length=1, description="SMTP server that sends alert mail (e.g. smtp.campus.edu).")
+    port: Port = Field(25, description="Its port (25, or 587 with starttls).")
+    sender: str = Field(
+        pattern=r"^[^@\s]+@[^@\s]+$", description="From address of alert mail, e.g. campushub@campus.edu."
+    )
+    starttls: bool = Field(False, description="Upgrade the connection with STARTTLS before sending.")
+    username: str | None = Field(None, description="Login at the SMTP server, if it asks for one.")
+    password_file: Path | None = Field(None, description="File holding the SMTP password (mode 0600).")
+
+
+class SchedulerSettings(Section):
+    enabled: bool = Field(
+        True, description="Run the nightly-notebooks service (campushub.scheduler) with the hub, at /services/scheduler/."
+    )
+    executor: Literal["slurm", "local"] | None = Field(
+        None,
+        description="Where runs execute. 'slurm': one sbatch job per run, as the owner (spawner.slurm's "
+        "partition, account, python_env and prologue). 'local': a process on the hub host, as the owner (as the "
+        "hub's own account in the demo). Default: slurm with spawner.backend slurm, else local.",
+    )
+    port: Port = Field(8090, description="Port of the service on 127.0.0.1 (the proxy routes to it).")
+    db_url: str | None = Field(
+        None,
+        pattern=r"^(sqlite|postgresql)(\+[a-z0-9]+)?://",
+        description="The service's database (SQLAlchemy URL). Default: SQLite in the state folder. PostgreSQL: "
+        "postgresql+psycopg://campushub@db.campus.edu/scheduler, with the password in db_password_file.",
+    )
+    db_password_file: Path | None = Field(None, description="File holding the database password (mode 0600).")
+    runs_folder: str = Field(
+        "campushub-runs",
+        pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+        description="Folder in each owner's home that receives the runs: <runs_folder>/<schedule id>/<run id>/ "
+        "holds the input and output notebooks, the HTML and the job's log.",
+    )
+    templates_dir: Path | None = Field(
+        None,
+        description="A folder of the site's own template notebooks (*.ipynb with a cell tagged parameters), "
+        "offered besides CampusHub's (notebooks/templates).",
+    )
+    check_interval: float = Field(
+        5, gt=0, le=60, description="Seconds between the service's checks of due schedules and of running jobs."
+    )
+    max_active_runs: int = Field(20, ge=1, description="Runs submitted or running at once, all users together.")
+    max_active_runs_per_user: int = Field(4, ge=1, description="Runs submitted or running at once per owner.")
+    max_timeout: int = Field(
+        24 * 3600, ge=60, description="Longest timeout, in seconds, that a schedule may set (default 1 day)."
+    )
+    smtp: SmtpSettings | None = Field(None, description="Mail server for alert emails. Unset: email alerts are refused.")
+    webhook_allowed_hosts: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.:\[\]-]+$")]] = Field(
+        [],
+        description="Hosts that webhook alerts may be sent to even though their address is private, loopback or "
+        "link-local (such addresses are refused otherwise, so that users cannot reach internal services).",
+    )
+
+
 class Site(Section):
     """A CampusHub deployment."""
 
@@ -369,6 +425,7 @@ class Site(Section):
     spawner: SpawnerSettings = Field({}, description="Where users' servers run.")
     users: UsersSettings = Field({}, description="Users' unix accounts.")
     culling: CullingSettings = Field({}, description="Stopping idle servers (jupyterhub-idle-culler).")
+    scheduler: SchedulerSettings = Field({}, description="Nightly notebooks: scheduled papermill runs.")
     profiles: list[Profile] = Field(
         [],
         description="Resource profiles users choose from on the spawn page (Slurm backend). Without any, "

@@ -73,7 +73,7 @@ def test_config_schema_is_json_schema():
     assert r.returncode == 0
     schema = json.loads(r.stdout)
     assert schema["title"] == "CampusHub site file"
-    assert set(schema["properties"]) == {"hub", "proxy", "auth", "users", "spawner", "culling", "profiles"}
+    assert set(schema["properties"]) == {"hub", "proxy", "auth", "users", "spawner", "culling", "scheduler", "profiles"}
     assert schema["additionalProperties"] is False
 
 
