@@ -21,7 +21,8 @@ NODE_PACKAGES := $(if $(shell command -v npm),,nodejs npm)
 DEMO_PACKAGES := python3-venv $(NODE_PACKAGES)
 # chromium: the browser of the end-to-end tests (Playwright drives /usr/bin/chromium).
 # podman, runc, uidmap, slirp4netns: a user's server in a rootless podman container (tests/integration/test_podman.py).
-TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo chromium podman runc uidmap slirp4netns
+# postgresql: the scheduler's store on PostgreSQL; the tests run a throwaway server of their own (tests/cluster/postgres.py).
+TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo chromium podman runc uidmap slirp4netns postgresql
 
 .PHONY: help demo check test hooks lock install system-packages test-system-packages singleuser-env clean clean-demo-state
 
