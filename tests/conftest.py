@@ -84,13 +84,14 @@ def pytest_collection_modifyitems(items):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     """A test's outcome goes into item.stash[CALL_FAILED] (the browser fixture screenshots a failure),
-    and a failing test's report carries the tails of the hub's and Slurm's logs, so that a failure
-    seen only in CI can be understood from its output."""
+    and a failing test's report carries the tails of the hub's, Slurm's and PostgreSQL's logs, so that
+    a failure seen only in CI can be understood from its output."""
     report = yield
     if call.when == "call":
         item.stash[CALL_FAILED] = report.failed
     if report.failed and call.when == "call":
         from tests.cluster.hub import RunningHub
+        from tests.cluster.postgres import PostgresServer
 
         for name, value in getattr(item, "funcargs", {}).items():
             if isinstance(value, RunningHub):
@@ -98,6 +99,8 @@ def pytest_runtest_makereport(item, call):
             elif isinstance(value, SlurmCluster):
                 for log in ("slurmctld.log", "slurmd.log"):
                     report.sections.append((log, _tail(value.root / "log" / log, 40)))
+            elif isinstance(value, PostgresServer):
+                report.sections.append(("postgresql log", value.log_tail()))
     return report
 
 
