@@ -91,7 +91,6 @@ def email_problem(address: str) -> str | None:
 def alert_text(report: RunReport) -> tuple[str, str]:
     """(subject, body) of the alert email about `report`."""
     name = _one_line(report.schedule_name)
-    times = {"Started": _iso(report.started) or "not started", "Finished": _iso(report.finished) or "not finished"}
     lines = [
         f'The run {report.run_id} of the schedule "{name}" {_state_words(report.state)}.',
         "",
@@ -100,7 +99,8 @@ def alert_text(report: RunReport) -> tuple[str, str]:
         f"Notebook:  {report.notebook}",
         f"State:     {report.state}",
         f"Attempt:   {report.attempt}",
-        *(f"{label}:{' ' * (10 - len(label))}{value}" for label, value in times.items()),
+        f"Started:   {_iso(report.started) or 'not started'}",
+        f"Finished:  {_iso(report.finished) or 'not finished'}",
     ]
     if report.error:
         lines += ["", "Error:", report.error.strip()]
@@ -198,7 +198,7 @@ def _vet(url: str, allowed_hosts: Collection[str]) -> tuple[str | None, list[tup
         port = parts.port
     except ValueError as e:
         return f"the URL cannot be read: {e}", []
-    if parts.scheme.lower() not in ("http", "https"):
+    if parts.scheme not in ("http", "https"):  # urlsplit lowercases the scheme
         scheme = f"{parts.scheme}:" if parts.scheme else "none"
         return f"a webhook URL must start with http:// or https:// (its scheme: {scheme})", []
     host = parts.hostname
@@ -206,7 +206,8 @@ def _vet(url: str, allowed_hosts: Collection[str]) -> tuple[str | None, list[tup
         return "the URL has no host", []
     if "@" in parts.netloc:
         return "the URL must not hold a user name or password", []
-    port = port or (443 if parts.scheme.lower() == "https" else 80)
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
     try:
         literal = ipaddress.ip_address(host)
     except ValueError:
