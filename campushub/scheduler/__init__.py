@@ -1,0 +1,1 @@
+"""Nightly notebooks: a hub-managed service that runs users' notebooks on a schedule with papermill."""
