@@ -256,6 +256,19 @@ def cmd_up(args) -> int:
     return code
 
 
+# --- schedules -------------------------------------------------------------------------------
+
+
+def cmd_schedule(args) -> int:
+    from .scheduler.client import ClientError, run_command
+
+    try:
+        print(run_command(args))
+    except ClientError as e:
+        raise CommandError(str(e)) from None
+    return 0
+
+
 # --- the parser -----------------------------------------------------------------------------
 
 
@@ -319,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
         "schema", help="print the JSON Schema of the site file", description="Print the site file's JSON Schema."
     )
     schema.set_defaults(func=cmd_config_schema)
+
+    from .scheduler import client
+
+    client.add_parser(commands, site_option, cmd_schedule)
     return parser
 
 

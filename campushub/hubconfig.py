@@ -190,35 +190,61 @@ def apply_slurm(c: Config, site: Site, state: StateDir) -> None:
 
 
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+# the scheduler reads an owner's hub groups (and their properties) to check the profiles granted to them
+SCHEDULER_SCOPES = ["read:users:name", "read:users:groups", "read:groups"]
 
 
 def apply_culling(c: Config, site: Site, state: StateDir) -> None:
     cull = site.culling
     c.JupyterHub.last_activity_interval = cull.activity_interval
     c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": str(cull.activity_interval)}
-    if not cull.enabled:
-        return
-    # A hub-managed service: the hub starts it, gives it its token, and restarts it with itself.
-    c.JupyterHub.services = [
-        {
-            "name": "idle-culler",
-            "command": [
-                sys.executable,
-                "-m",
-                "jupyterhub_idle_culler",
-                f"--timeout={cull.idle_timeout}",
-                f"--cull-every={cull.check_every}",
-            ],  # fmt: skip
-        }
-    ]
-    c.JupyterHub.load_roles = [
-        {
-            "name": "idle-culler",
-            "description": "Stop idle servers: read activity, stop servers, nothing else",
-            "scopes": CULLER_SCOPES,
-            "services": ["idle-culler"],
-        }
-    ]
+
+
+def apply_services(c: Config, site: Site, state: StateDir) -> None:
+    """Hub-managed services: the hub starts each with its token, and restarts it with itself. Each has a role
+    of the least scopes it needs."""
+    services, roles = [], []
+    cull = site.culling
+    if cull.enabled:
+        command = [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={cull.idle_timeout}",
+                   f"--cull-every={cull.check_every}"]  # fmt: skip
+        services.append({"name": "idle-culler", "command": command})
+        roles.append(
+            {
+                "name": "idle-culler",
+                "description": "Stop idle servers: read activity, stop servers, nothing else",
+                "scopes": CULLER_SCOPES,
+                "services": ["idle-culler"],
+            }
+        )
+    if site.scheduler.enabled:
+        environment = {"CAMPUSHUB_CONFIG": str(site.source)} if site.source else {}
+        services.append(
+            {
+                "name": "scheduler",
+                "display_name": "Nightly notebooks",
+                "url": f"http://127.0.0.1:{site.scheduler.port}",
+                "command": [sys.executable, "-m", "campushub.scheduler"],
+                "environment": environment,
+                "oauth_no_confirm": True,
+            }
+        )
+        roles.append(
+            {
+                "name": "campushub-scheduler",
+                "description": "Read users' names and groups, and groups, to check the profiles of their runs",
+                "scopes": SCHEDULER_SCOPES,
+                "services": ["scheduler"],
+            }
+        )
+        # a server's own token may use the scheduler for its user (the Lab extension schedules through it)
+        c.Spawner.server_token_scopes = [
+            "users:activity!user",
+            "access:servers!server",
+            "access:services!service=scheduler",
+        ]
+    c.JupyterHub.services = services
+    c.JupyterHub.load_roles = roles
 
 
 @cache  # JupyterHub's list loads its entry points; a hub start validates the site file twice
@@ -282,7 +308,7 @@ def hub_config(site: Site) -> Config:
     check_site(site)
     state = StateDir(site.hub.state_dir).ensure()
     c = Config()
-    for apply in (apply_hub, apply_proxy, apply_auth, apply_spawner, apply_culling, apply_extra):
+    for apply in (apply_hub, apply_proxy, apply_auth, apply_spawner, apply_culling, apply_services, apply_extra):
         apply(c, site, state)
     return c
 

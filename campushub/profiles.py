@@ -135,6 +135,11 @@ def hours_walltime(hours: int) -> str:
     return f"{hours // 24}-{hours % 24:02d}:00:00" if hours >= 24 else f"{hours:02d}:00:00"
 
 
+def site_profiles(profiles: Iterable[Profile]) -> list[Profile]:
+    """The site's profiles; without any, one default profile for everyone (spawner.slurm's resources)."""
+    return list(profiles) or [Profile(slug="default", display_name="Default", default=True, everyone=True)]
+
+
 def granted_profiles(
     profiles: Iterable[Profile], *, admin: bool, groups: Mapping[str, Mapping[str, Any]]
 ) -> list[Profile]:

@@ -373,7 +373,8 @@ class SmtpSettings(Section):
 
 class SchedulerSettings(Section):
     enabled: bool = Field(
-        True, description="Run the nightly-notebooks service (campushub.scheduler) with the hub, at /services/scheduler/."
+        True,
+        description="Run the nightly-notebooks service (campushub.scheduler) with the hub, at /services/scheduler/.",
     )
     executor: Literal["slurm", "local"] | None = Field(
         None,
@@ -408,7 +409,9 @@ class SchedulerSettings(Section):
     max_timeout: int = Field(
         24 * 3600, ge=60, description="Longest timeout, in seconds, that a schedule may set (default 1 day)."
     )
-    smtp: SmtpSettings | None = Field(None, description="Mail server for alert emails. Unset: email alerts are refused.")
+    smtp: SmtpSettings | None = Field(
+        None, description="Mail server for alert emails. Unset: email alerts are refused."
+    )
     webhook_allowed_hosts: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.:\[\]-]+$")]] = Field(
         [],
         description="Hosts that webhook alerts may be sent to even though their address is private, loopback or "

@@ -10,7 +10,14 @@ from pathlib import Path
 
 class StateDir:
     # the secrets generated into the folder
-    SECRETS = ("jupyterhub_cookie_secret", "proxy_auth_token", "crypt_key", "demo_password", "demo_admin_password")
+    SECRETS = (
+        "jupyterhub_cookie_secret",
+        "proxy_auth_token",
+        "crypt_key",
+        "demo_password",
+        "demo_admin_password",
+        "scheduler_cookie_secret",
+    )
 
     def __init__(self, path: Path):
         self.path = Path(path)

@@ -1,1 +1,1 @@
-"""Nightly notebooks: a hub-managed service that runs users' notebooks on a schedule with papermill."""
+"""Nightly notebooks: a hub-managed service that runs papermill notebooks on a schedule, as their owners."""

@@ -39,6 +39,7 @@ from ..profiles import (
     options_form,
     options_from_form,
     resolve_request,
+    site_profiles,
 )
 from ..site import ContainerSettings, SlurmSettings, UsersSettings
 
@@ -274,7 +275,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             raise ValueError("SlurmSpawner needs its settings: spawner.slurm in the site file")
 
     def all_profiles(self) -> list[Profile]:
-        return list(self.profiles) or [Profile(slug="default", display_name="Default", default=True, everyone=True)]
+        return site_profiles(self.profiles)
 
     def granted_profiles(self) -> list[Profile]:
         groups = {g.name: dict(g.properties or {}) for g in self.user.groups}
