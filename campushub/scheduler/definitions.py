@@ -237,9 +237,20 @@ def inspect_parameters(notebook: bytes) -> dict[str, dict]:
     except Exception as e:  # nbformat raises several kinds for a file that is not a notebook
         raise ScheduleError(f"notebook: not a readable notebook ({type(e).__name__}: {str(e)[:200]})") from None
     with tempfile.NamedTemporaryFile(suffix=".ipynb") as f:
-        f.write(notebook)
+        f.write(with_kernel(notebook))
         f.flush()
         return papermill.inspect_notebook(f.name)
+
+
+def with_kernel(notebook: bytes) -> bytes:
+    """The notebook as a run gets it: one that names no kernel (saved outside Jupyter) gets Python 3's."""
+    import nbformat
+
+    node = nbformat.reads(notebook.decode(), as_version=4)
+    if node.metadata.get("kernelspec", {}).get("name"):
+        return notebook
+    node.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nbformat.writes(node).encode()
 
 
 def parameter_type(spec: Mapping[str, Any]) -> str | None:

@@ -134,6 +134,11 @@ class Executor:
             raise ScheduleError(f"{path} is larger than {limit // (1024 * 1024)} MiB")
         return out
 
+    async def tail(self, owner: str, path: str, size: int = 4096) -> str:
+        """The end of a file of the owner's (a log), read as the owner; "" if it cannot be read."""
+        rc, out, _ = await self.run_as(owner, ["tail", "-c", str(size), "--", path])
+        return out.decode(errors="replace") if rc == 0 else ""
+
     async def prepare(self, job: RunJob, notebook: bytes) -> None:
         """The run's folder, made by the owner, with the input notebook in it."""
         rc, _, err = await self.run_as(job.owner, ["mkdir", "-p", "-m", "0700", "--", job.folder])

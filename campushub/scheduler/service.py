@@ -34,6 +34,7 @@ from .definitions import (
     inspect_parameters,
     next_due,
     parse_definition,
+    with_kernel,
 )
 from .executors import Executor, JobState, LocalExecutor, RunJob
 from .models import ACTIVE_STATES, END_STATES, Run, Schedule, utcnow
@@ -350,6 +351,7 @@ class Scheduler:
                     )
             notebook = await self.notebook_bytes(run.owner, schedule.notebook)
             check_parameters(run.parameters, inspect_parameters(notebook))
+            notebook = with_kernel(notebook)
             run.folder = self.executor.run_folder(run.owner, schedule.id, run.id)
             db.commit()
             job = self.job(run, request)
@@ -423,6 +425,10 @@ class Scheduler:
         else:
             end, why = "failed", f"papermill exited with status {run.exit_code}"
         output = await self.executor.read(run.owner, f"{run.folder}/output.ipynb")
+        if output is None and end == "failed":
+            log_tail = await self.executor.tail(run.owner, f"{run.folder}/job.log")
+            last = [line for line in log_tail.splitlines() if line.strip()]
+            why = f"{why}: {last[-1].strip()[:300]}" if last else why
         if output is not None:
             if end != "succeeded":
                 why = error_summary(output) or why
