@@ -146,6 +146,8 @@ def check_addresses_free(site: Site, hub: bool = True) -> None:
     ]
     if hub:
         addresses.insert(1, (site.hub.hub_ip, site.hub.hub_port, "hub.hub_port", "the hub's API"))
+        if site.scheduler.enabled:
+            addresses.append(("127.0.0.1", site.scheduler.port, "scheduler.port", "the nightly-notebooks service"))
     problems = []
     for ip, port, key, what in addresses:
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
@@ -212,6 +214,15 @@ def cmd_up(args) -> int:
             state.demo_admin_password()
             print(f"  admins ({', '.join(site.auth.admin_users)}) log in with the password in "
                   f"{state.path / 'demo_admin_password'}")  # fmt: skip
+    if site.scheduler.enabled:
+        from .scheduler.demo import DEMO_OWNER
+
+        print(f"  nightly notebooks: {url.rstrip('/')}/services/scheduler/", end="")
+        print(
+            f" (log in as {DEMO_OWNER} to see the example schedule's runs)"
+            if site.auth.kind == "shared-password"
+            else ""
+        )
     sys.stdout.flush()
 
     signal.signal(signal.SIGINT, _raise_stop)

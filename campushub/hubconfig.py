@@ -218,11 +218,16 @@ def apply_services(c: Config, site: Site, state: StateDir) -> None:
             }
         )
     if site.scheduler.enabled:
-        environment = {"CAMPUSHUB_CONFIG": str(site.source)} if site.source else {}
+        from .spawners.slurm import COMMAND_ENV_KEYS
+
+        # what Slurm's commands need (a service gets only a few of the hub's variables), and the site file
+        environment = {k: os.environ[k] for k in COMMAND_ENV_KEYS if k in os.environ}
+        if site.source:
+            environment["CAMPUSHUB_CONFIG"] = str(site.source)
         services.append(
             {
                 "name": "scheduler",
-                "display_name": "Nightly notebooks",
+                "info": {"description": "Nightly notebooks: scheduled runs of your notebooks"},
                 "url": f"http://127.0.0.1:{site.scheduler.port}",
                 "command": [sys.executable, "-m", "campushub.scheduler"],
                 "environment": environment,
@@ -237,7 +242,15 @@ def apply_services(c: Config, site: Site, state: StateDir) -> None:
                 "services": ["scheduler"],
             }
         )
-        # a server's own token may use the scheduler for its user (the Lab extension schedules through it)
+        # every user may use the scheduler (it shows each only their own), with a browser or a token,
+        roles.append(
+            {
+                "name": "user",
+                "description": "A user: their own servers and tokens, and the nightly-notebooks service",
+                "scopes": ["self", "access:services!service=scheduler"],
+            }
+        )
+        # and so may a server's own token, for its user (the Lab extension schedules through it)
         c.Spawner.server_token_scopes = [
             "users:activity!user",
             "access:servers!server",

@@ -16,6 +16,7 @@ from ..hubconfig import public_url, read_secret_file
 from ..site import SiteError, load_site
 from ..state import StateDir
 from .api import app_handlers
+from .demo import add_example
 from .executors import executor_for
 from .service import HubClient, Scheduler
 from .store import open_store
@@ -57,6 +58,8 @@ async def serve() -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if site.auth.kind == "shared-password":
+        await add_example(scheduler)
     loop_task = asyncio.ensure_future(scheduler.run_forever())
     await stop.wait()
     server.stop()

@@ -54,6 +54,7 @@ class RunningHub:
             {
                 "hub": {"port": self.port, "hub_port": self.hub_port, "state_dir": str(self.workdir / "state")},
                 "proxy": {"api_port": free_port()},
+                "scheduler": {"port": free_port()},
             },
             site,
         )
