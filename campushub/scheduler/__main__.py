@@ -47,7 +47,6 @@ async def serve() -> None:
         scheduler=scheduler,
         prefix=prefix,
         cookie_secret=state.secret("scheduler_cookie_secret")[0],
-        xsrf_cookies=True,
     )
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL") or f"http://127.0.0.1:{site.scheduler.port}")
     server = app.listen(url.port, url.hostname)

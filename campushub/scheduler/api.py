@@ -99,10 +99,8 @@ class Handler(HubOAuthenticated, web.RequestHandler):
 
 
 class APIHandler(Handler):
-    def check_xsrf_cookie(self):
-        # a token in the Authorization header is not sent by a browser on its own; cookies are checked
-        return super().check_xsrf_cookie()
-
+    # A browser's cookie is accepted for a POST, PATCH or DELETE only with the hub's XSRF token (HubOAuth
+    # checks it); a token in the Authorization header is never sent by a browser on its own.
     def prepare(self):
         self.caller()
 
