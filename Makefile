@@ -119,3 +119,10 @@ BENCH_PACKAGES := batchspawner==1.3.0 requests
 bench: test-system-packages install singleuser-env
 	$(SINGLEUSER_ENV)/bin/$(PIP_INSTALL) $(BENCH_PACKAGES)
 	CAMPUSHUB_TEST_SINGLEUSER_ENV=$(SINGLEUSER_ENV) $(VENV)/bin/python -m benchmarks.spawn $(BENCH_ARGS)
+
+# Scheduler benchmark (no root, no Slurm, about 6 minutes on 2 cores): the nightly-notebooks service's per-run
+# overhead against bare papermill of the same notebook, and 100 runs due in the same minute under the limits.
+# BENCH_ARGS="--write docs/benchmarks.md" refreshes its section of the results page; --runs 3 for a quick check.
+.PHONY: bench-scheduler
+bench-scheduler: install
+	$(VENV)/bin/python -m benchmarks.scheduler $(BENCH_ARGS)
