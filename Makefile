@@ -14,7 +14,7 @@ CONSTRAINTS ?= constraints.txt
 PIP_INSTALL = python -m pip install --quiet --constraint $(CONSTRAINTS)
 # The CampusHub Lab extension: installed into the single-user environment and into .venv (the demo's servers).
 LAB_EXTENSION := extensions/campushub-lab
-LAB_EXTENSION_FILES := $(shell find $(LAB_EXTENSION) -type f -not -path '*/node_modules/*' -not -path '*/__pycache__/*')
+LAB_EXTENSION_FILES := $(shell find $(LAB_EXTENSION) -type f -not -path '*/node_modules/*' -not -path '*/__pycache__/*' -not -path '*/.ruff_cache/*')
 
 # Node.js for configurable-http-proxy: Debian's, unless a Node.js with npm is already installed.
 NODE_PACKAGES := $(if $(shell command -v npm),,nodejs npm)

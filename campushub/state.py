@@ -17,6 +17,7 @@ class StateDir:
         "demo_password",
         "demo_admin_password",
         "scheduler_cookie_secret",
+        "scheduler_id",
     )
 
     def __init__(self, path: Path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import sys
 from urllib.parse import urlparse
@@ -41,6 +42,7 @@ async def serve() -> None:
         HubClient(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"]),
         state.path / "scheduler-html",
         run_url=lambda run_id: f"{public_url(site).rstrip('/')}{prefix}runs/{run_id}",
+        service_id=state.secret("scheduler_id", make=lambda: secrets.token_hex(4))[0],
     )
     app = Application(
         app_handlers(prefix),

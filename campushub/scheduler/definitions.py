@@ -239,17 +239,25 @@ def inspect_parameters(notebook: bytes) -> dict[str, dict]:
     with tempfile.NamedTemporaryFile(suffix=".ipynb") as f:
         f.write(with_kernel(notebook))
         f.flush()
-        return papermill.inspect_notebook(f.name)
+        try:
+            return papermill.inspect_notebook(f.name)
+        except ValueError as e:
+            raise ScheduleError(f"notebook: papermill cannot read its parameters: {e}") from None
 
 
 def with_kernel(notebook: bytes) -> bytes:
-    """The notebook as a run gets it: one that names no kernel (saved outside Jupyter) gets Python 3's."""
+    """The notebook as a run gets it: one that names no kernel or language (saved outside Jupyter) gets
+    Python 3's."""
     import nbformat
 
     node = nbformat.reads(notebook.decode(), as_version=4)
-    if node.metadata.get("kernelspec", {}).get("name"):
+    kernelspec = node.metadata.setdefault("kernelspec", {})
+    language = kernelspec.get("language") or node.metadata.get("language_info", {}).get("name")
+    if kernelspec.get("name") and language:
         return notebook
-    node.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    kernelspec.setdefault("name", "python3")
+    kernelspec.setdefault("display_name", "Python 3")
+    kernelspec["language"] = language or "python"
     return nbformat.writes(node).encode()
 
 

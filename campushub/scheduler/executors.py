@@ -46,10 +46,11 @@ class RunJob:
     parameters: dict
     timeout: int
     request: SpawnRequest | None = None
+    service_id: str = ""  # tells apart the runs of two deployments on one cluster or host
 
     @property
     def job_name(self) -> str:
-        return f"campushub-run-{self.run_id}"
+        return f"campushub-run-{self.service_id}-{self.run_id}"
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ class Executor:
         if rc != 0:
             raise ScheduleError(f"could not create the run folder {job.folder}: {err.strip()}")
         target = os.path.join(job.folder, "input.ipynb")
-        rc, _, err = await self.run_as(job.owner, ["cp", "/dev/stdin", target], input=notebook)
+        # dd reads the pipe it is given (a user cannot reopen a pipe of root's through /dev/stdin)
+        rc, _, err = await self.run_as(job.owner, ["dd", f"of={target}", "status=none"], input=notebook)
         if rc != 0:
             raise ScheduleError(f"could not write {target}: {err.strip()}")
 

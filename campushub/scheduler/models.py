@@ -77,6 +77,7 @@ class Run(Base):
     job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     node: Mapped[str | None] = mapped_column(String(255), nullable=True)
     detail: Mapped[str] = mapped_column(Text, default="")  # Slurm's reason while queued; the error once ended
+    note: Mapped[str] = mapped_column(Text, default="")  # what the service changed, e.g. a withdrawn profile
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     has_html: Mapped[bool] = mapped_column(Boolean, default=False)
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

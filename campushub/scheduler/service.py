@@ -91,7 +91,7 @@ def run_dict(run: Run) -> dict:
         "id": run.id, "schedule_id": run.schedule_id, "owner": run.owner, "state": run.state,
         "trigger": run.trigger, "attempt": run.attempt, "due": iso(run.due), "parameters": run.parameters,
         "folder": run.folder, "job_id": run.job_id, "node": run.node, "detail": run.detail,
-        "exit_code": run.exit_code, "has_html": run.has_html, "created": iso(run.created),
+        "note": run.note, "exit_code": run.exit_code, "has_html": run.has_html, "created": iso(run.created),
         "submitted": iso(run.submitted), "started": iso(run.started), "finished": iso(run.finished),
     }  # fmt: skip
 
@@ -109,6 +109,7 @@ class Scheduler:
         hub: HubClient | None,
         html_dir: Path,
         run_url: Callable[[int], str],
+        service_id: str = "",
     ):
         self.site = site
         self.settings = site.scheduler
@@ -117,6 +118,7 @@ class Scheduler:
         self.hub = hub
         self.html_dir = Path(html_dir)
         self.run_url = run_url
+        self.service_id = service_id
         self.wakeup = asyncio.Event()
         self.watchers: set[asyncio.Task] = set()
         # an occurrence is on time while the service is up: it is seen within a check interval
@@ -249,13 +251,13 @@ class Scheduler:
     def _new_run(self, schedule: Schedule, trigger: str, due: datetime, attempt: int = 1) -> Run:
         return Run(
             schedule_id=schedule.id, owner=schedule.owner, state="pending", trigger=trigger, due=due,
-            attempt=attempt, parameters=schedule.parameters, detail="",
+            attempt=attempt, parameters=schedule.parameters, detail="", note="",
         )  # fmt: skip
 
     def job(self, run: Run, request=None) -> RunJob:
         return RunJob(
             run_id=run.id, schedule_id=run.schedule_id, owner=run.owner, folder=run.folder or "",
-            parameters=run.parameters, timeout=run.schedule.timeout, request=request,
+            parameters=run.parameters, timeout=run.schedule.timeout, request=request, service_id=self.service_id,
         )  # fmt: skip
 
     async def run_forever(self) -> None:
@@ -346,7 +348,7 @@ class Scheduler:
                         raise ScheduleError(str(e)) from None
                     # withdrawn since the schedule was made: the owner's default profile, said so
                     request = resolve_request({}, profiles=profiles, granted=granted, defaults=self.site.spawner.slurm)
-                    run.detail = (
+                    run.note = (
                         f"profile {schedule.profile!r} is no longer granted to you: ran with {request.profile!r}"
                     )
             notebook = await self.notebook_bytes(run.owner, schedule.notebook)

@@ -209,7 +209,7 @@ def test_a_gpu_profile_run_gets_a_gpu_and_a_withdrawn_grant_falls_back(hub, toke
     assert r.status_code == 200, r.text
     again = wait_run(hub, tokens[CAROL], run_now(hub, tokens[CAROL], made["id"])["id"])
     assert again["state"] == "succeeded"
-    assert again["detail"] == "profile 'gpu-1' is no longer granted to you: ran with 'cpu'"
+    assert again["note"] == "profile 'gpu-1' is no longer granted to you: ran with 'cpu'"
     assert "GPUs: none" in (Path(again["folder"]) / "job.log").read_text()
 
 

@@ -56,6 +56,7 @@ def upgrade() -> None:
         sa.Column("job_id", sa.String(length=32), nullable=True),
         sa.Column("node", sa.String(length=255), nullable=True),
         sa.Column("detail", sa.Text(), nullable=False),
+        sa.Column("note", sa.Text(), nullable=False),
         sa.Column("exit_code", sa.Integer(), nullable=True),
         sa.Column("has_html", sa.Boolean(), nullable=False),
         sa.Column("created", sa.DateTime(timezone=True), nullable=False),
