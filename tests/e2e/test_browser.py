@@ -9,8 +9,10 @@ test-artifacts/jupyterlab.png.
 
 from __future__ import annotations
 
+import os
 import pwd
 import re
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -126,3 +128,58 @@ def test_a_researcher_signs_in_starts_a_gpu_server_and_runs_code(hub, idp, slurm
     expect(page.locator("#stop")).to_be_hidden(timeout=60_000)
     expect(page.locator("#start")).to_have_text("Start My Server", timeout=60_000)
     wait_for(lambda: not slurm.jobs_of(USER), 60, f"{USER}'s job to end")
+
+
+def test_a_nightly_runs_output_shows_in_the_browser_with_its_scripts_kept_from_running(hub, idp, page, artifacts):
+    """A run's output holds another user's HTML in the hub's origin: Chromium renders it, runs none of its
+    scripts, and lets it reach neither the hub's API nor the page's cookies."""
+    import nbformat
+    import requests
+
+    page.goto(f"{hub.url}/hub/oauth_login")
+    page.locator('input[name="sub"]').fill(SUB)
+    page.get_by_role("button", name="Authorize").click()
+    page.wait_for_url(f"{hub.url}/hub/**")
+    xsrf = next(c["value"] for c in page.context.cookies() if c["name"] == "_xsrf")
+    r = page.request.post(f"{hub.url}/hub/api/users/{USER}/tokens", headers={"X-XSRFToken": xsrf}, data={})
+    assert r.status == 201, r.text()
+    token = r.json()["token"]
+
+    account = pwd.getpwnam(USER)
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                "from IPython.display import HTML, display\n"
+                "display(HTML('<p id=\"visible\">rendered output</p>'\n"
+                "             '<script>document.title = \"stolen\"; window.stolen = document.cookie;'\n"
+                "             'fetch(\"/hub/api/users/' + 'x\")</script>'))"
+            )
+        ],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
+    path = Path(account.pw_dir) / "report.ipynb"
+    path.write_text(nbformat.writes(notebook))
+    os.chown(path, account.pw_uid, account.pw_gid)
+    api = f"{hub.url}/services/scheduler/api"
+    headers = {"Authorization": f"token {token}"}
+    made = requests.post(f"{api}/schedules", headers=headers, json={"notebook": "report.ipynb", "cron": "@daily"},
+                         timeout=60)  # fmt: skip
+    assert made.status_code == 201, made.text
+    run = requests.post(f"{api}/schedules/{made.json()['id']}/runs", headers=headers, timeout=60).json()
+
+    def ended():
+        state = requests.get(f"{api}/runs/{run['id']}", headers=headers, timeout=30).json()["state"]
+        assert state not in ("failed", "cancelled", "timed_out"), state
+        return state == "succeeded"
+
+    wait_for(ended, 120, "the run to succeed")
+
+    # The service's page (through the hub's OAuth) lists the run; its HTML opens.
+    page.goto(f"{hub.url}/services/scheduler/schedules/{made.json()['id']}")
+    expect(page.get_by_role("cell", name="succeeded")).to_be_visible(timeout=30_000)
+    page.screenshot(path=artifacts / "scheduler-runs.png")
+    page.get_by_role("link", name="HTML").click()
+    expect(page.locator("#visible")).to_have_text("rendered output", timeout=30_000)
+    assert page.title() != "stolen"
+    assert page.evaluate("window.stolen === undefined")
+    assert page.evaluate("window.origin") == "null", "the sandbox gives the output no origin"
