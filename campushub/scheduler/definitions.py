@@ -12,7 +12,7 @@ import json
 import re
 import tempfile
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
@@ -89,7 +89,7 @@ def known_timezones() -> frozenset[str]:
 def next_due(cron: str, timezone: str, after: datetime) -> datetime:
     """The first time after `after` (aware) that the cron expression names, in its time zone."""
     local = after.astimezone(ZoneInfo(timezone))
-    return croniter(cron.strip(), local).get_next(datetime)
+    return croniter(cron.strip(), local).get_next(datetime).astimezone(UTC)
 
 
 def notebook_path_problem(notebook: str) -> str | None:

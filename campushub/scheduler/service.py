@@ -171,6 +171,8 @@ class Scheduler:
         return parse_definition(body, max_timeout=self.settings.max_timeout, webhook_check=self.webhook_check)
 
     def _fill(self, schedule: Schedule, definition: Definition) -> None:
+        if definition.alerts.emails and self.settings.smtp is None:
+            raise ScheduleError("alerts.emails: this site sends no email (scheduler.smtp is not set)")
         schedule.name = definition.display_name
         schedule.notebook = definition.notebook
         schedule.parameters = definition.parameters
@@ -185,8 +187,6 @@ class Scheduler:
         schedule.alert_emails = definition.alerts.emails
         schedule.alert_webhooks = definition.alerts.webhooks
         schedule.alert_on_success = definition.alerts.on_success
-        if definition.alerts.emails and self.settings.smtp is None:
-            raise ScheduleError("alerts.emails: this site sends no email (scheduler.smtp is not set)")
         schedule.next_due = next_due(definition.cron, definition.timezone, utcnow())
 
     async def add(self, owner: str, body: Any) -> dict:

@@ -288,3 +288,31 @@ async def test_definitions_with_bad_parameters_or_missing_notebooks_are_not_stor
             await add(s, **body)
     with s.session() as db:
         assert db.scalars(select(Schedule)).all() == []
+
+
+async def test_a_schedule_is_changed_as_a_whole_or_not_at_all(tmp_path):
+    from campushub.scheduler.definitions import ScheduleError
+
+    s = make_scheduler(tmp_path)
+    schedule_id = await add(s, notebook="template:train-classifier", parameters={"epochs": 2})
+    with s.session() as db:
+        changed = await s.update(db, db.get(Schedule, schedule_id), {"cron": "30 4 * * 1", "timezone": "Asia/Tokyo"})
+    assert (changed["cron"], changed["timezone"], changed["parameters"]) == ("30 4 * * 1", "Asia/Tokyo", {"epochs": 2})
+    assert changed["next_due"].endswith("19:30:00+00:00")  # 04:30 in Tokyo, a Monday
+    for body, message in [
+        ({"cron": "99 * * * *"}, "cron"),
+        ({"parameters": {"epochz": 3}}, "parameters.epochz"),
+        ({"paused": "yes"}, "paused: must be true or false"),
+        ({"owner": "bob"}, "owner: not a setting"),
+        ({}, "must be a JSON object"),
+    ]:
+        with s.session() as db, pytest.raises(ScheduleError, match=message):
+            await s.update(db, db.get(Schedule, schedule_id), body)
+    with s.session() as db:
+        kept = db.get(Schedule, schedule_id)
+        assert (kept.cron, kept.timezone, kept.parameters, kept.owner) == (
+            "30 4 * * 1",
+            "Asia/Tokyo",
+            {"epochs": 2},
+            "ada",
+        )
