@@ -21,7 +21,20 @@ def campushub(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "args", [[], ["up"], ["hub"], ["proxy"], ["config"], ["config", "check"], ["config", "schema"]]
+    "args",
+    [
+        [],
+        ["up"],
+        ["hub"],
+        ["proxy"],
+        ["config"],
+        ["config", "check"],
+        ["config", "schema"],
+        ["schedule"],
+        ["schedule", "add"],
+        ["schedule", "runs"],
+        ["schedule", "run-now"],
+    ],
 )
 def test_every_command_has_help(args):
     r = campushub(*args, "--help")
@@ -224,3 +237,22 @@ def test_errors_into_a_closed_pipe_keep_their_exit_status(tmp_path):
     finally:
         os.close(pipe)
     assert r.returncode == 2
+
+
+def test_schedule_parameters_are_json_or_text_and_a_bad_one_is_named():
+    from campushub.scheduler.client import ClientError, parameter
+
+    assert parameter("epochs=5", raw=False) == ("epochs", 5)
+    assert parameter("rate=0.1", raw=False) == ("rate", 0.1)
+    assert parameter("tags=[1, 2]", raw=False) == ("tags", [1, 2])
+    assert parameter("title=Nightly run", raw=False) == ("title", "Nightly run")
+    assert parameter("code=5", raw=True) == ("code", "5")
+    for bad in ("epochs", "=5"):
+        with pytest.raises(ClientError, match=f"parameter {bad!r}: write it as name=value"):
+            parameter(bad, raw=False)
+
+
+def test_schedule_needs_a_token():
+    env = {k: v for k, v in os.environ.items() if k != "JUPYTERHUB_API_TOKEN"}
+    r = campushub("schedule", "list", "--url", "http://127.0.0.1:9/", env=env)
+    assert r.returncode == 2 and "no token: set JUPYTERHUB_API_TOKEN" in r.stderr
