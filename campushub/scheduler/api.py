@@ -87,15 +87,18 @@ class Handler(HubOAuthenticated, web.RequestHandler):
             return
         super()._handle_request_exception(e)
 
+    def error_message(self, **kwargs) -> str:
+        """What went wrong, for the person who asked: a ScheduleError's or an HTTPError's message."""
+        if kwargs.get("message"):
+            return kwargs["message"]
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, web.HTTPError) and error.log_message:
+            return error.log_message % error.args if error.args else error.log_message
+        return self._reason
+
     def write_error(self, status_code: int, **kwargs) -> None:
-        message = kwargs.get("message")
-        if message is None and "exc_info" in kwargs:
-            error = kwargs["exc_info"][1]
-            message = getattr(error, "log_message", None) or self._reason
-            if getattr(error, "args", None) and isinstance(error, web.HTTPError) and error.args:
-                message = message % error.args if "%" in message else message
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"status": status_code, "error": message or self._reason}))
+        self.finish(json.dumps({"status": status_code, "error": self.error_message(**kwargs)}))
 
 
 class APIHandler(Handler):
@@ -181,10 +184,11 @@ class Page(Handler):
         self.finish(PAGES.get_template(name).render(prefix=prefix, user=self.user, **values))
 
     def write_error(self, status_code: int, **kwargs) -> None:
-        message = kwargs.get("message") or self._reason
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(PAGES.get_template("error.html").render(prefix=self.settings["prefix"], status=status_code,
-                                                            message=message))  # fmt: skip
+        page = PAGES.get_template("error.html")
+        self.finish(
+            page.render(prefix=self.settings["prefix"], status=status_code, message=self.error_message(**kwargs))
+        )
 
 
 class HomePage(Page):
