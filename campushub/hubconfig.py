@@ -38,6 +38,31 @@ def apply_proxy(c: Config, site: Site, state: StateDir) -> None:
     c.ConfigurableHTTPProxy.auth_token = state.proxy_auth_token()
 
 
+HUB_TEMPLATES = Path(__file__).with_name("templates")
+
+
+def apply_branding(c: Config, site: Site, state: StateDir) -> None:
+    """The pages: JupyterHub's templates, extended by CampusHub's (campushub/templates), and a site's own
+    before both; the name, description and support contact reach every page as `campushub`."""
+    b = site.branding
+    c.JupyterHub.template_paths = [str(p) for p in (b.templates, HUB_TEMPLATES) if p]
+    c.JupyterHub.template_vars = {"campushub": page_vars(site)}
+    if b.logo:
+        c.JupyterHub.logo_file = str(b.logo)
+
+
+def page_vars(site: Site) -> dict:
+    """What CampusHub's page templates show of the site."""
+    b = site.branding
+    support = b.support or ""
+    return {
+        "name": b.name,
+        "description": b.description,
+        "support": support,
+        "support_url": f"mailto:{support}" if support and "://" not in support else support,
+    }
+
+
 def read_secret_file(path: Path, key: str) -> str:
     """A secret from an admin's file, refused as `secret_file` says."""
     value, problem = secret_file(path, key)
@@ -81,6 +106,9 @@ def check_site(site: Site) -> None:
             "spawner.backend: local with a campus login runs each server as the user's unix account, "
             "so the hub must run as root"
         )
+    logo = site.branding.logo
+    if logo and not os.access(logo, os.R_OK):
+        problems.append(f"branding.logo: cannot read {logo}")
     if problems:
         raise SiteError(problems)
 
@@ -187,6 +215,7 @@ def apply_slurm(c: Config, site: Site, state: StateDir) -> None:
     c.SlurmSpawner.slurm = site.spawner.slurm
     c.SlurmSpawner.users = site.users
     c.SlurmSpawner.profiles = list(site.profiles)
+    c.SlurmSpawner.timezone = site.branding.timezone or ""
 
 
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
@@ -321,7 +350,16 @@ def hub_config(site: Site) -> Config:
     check_site(site)
     state = StateDir(site.hub.state_dir).ensure()
     c = Config()
-    for apply in (apply_hub, apply_proxy, apply_auth, apply_spawner, apply_culling, apply_services, apply_extra):
+    for apply in (
+        apply_hub,
+        apply_proxy,
+        apply_branding,
+        apply_auth,
+        apply_spawner,
+        apply_culling,
+        apply_services,
+        apply_extra,
+    ):
         apply(c, site, state)
     return c
 
