@@ -303,13 +303,15 @@ def options_form(
     clusters: Mapping[str, GpuCounts] | None = None,
     last: Mapping[str, Any] | None = None,
     problem: str = "",
+    problem_details: str = "",
 ) -> str:
     """The spawn page's form (templates/campushub-spawn-form.html), rendered with autoescaping by `env`
     (the hub's, so that a site's template_paths can override it) or CampusHub's own.
 
     `clusters`: the GPUs Slurm reports, per partition; a profile no node can run is left out, a GPU choice is capped at
     the largest node, and each GPU profile says how many of its GPUs are free. `last`: the user's last
-    choice (or what a refused form sent), pre-selected. `problem`: why that choice failed, shown next to it.
+    choice (or what a refused form sent), pre-selected. `problem`: why that choice failed, shown next to it,
+    with `problem_details` (Slurm's own words) in a fold.
     """
     template = None
     if env is not None:
@@ -354,6 +356,7 @@ def options_form(
         chosen=chosen,
         notice=" ".join(filter(None, [notice, *not_offered])),
         problem=problem,
+        problem_details=problem_details,
         summaries={p.slug: summary(p, defaults, gpu_max.get(p.slug)) for p in offered},
         start_hours=start_hours,
         gpu_values=gpu_values,

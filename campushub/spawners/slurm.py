@@ -66,7 +66,7 @@ class SpawnError(web.HTTPError):
 
     def __init__(self, message: str, details: str = "", details_title: str = "Details"):
         super().__init__(500, "%s", message)
-        self.words = message
+        self.words, self.details = message, details
         self.jupyterhub_message = f"{message}\n{details_title}:\n{details}" if details else message
         self.jupyterhub_html_message = Markup("<p>{}</p>").format(message) + (
             Markup("<details><summary>{}</summary><pre>{}</pre></details>").format(details_title, details)
@@ -156,6 +156,8 @@ def start_time(start: str, timezone: str = "") -> datetime | None:
 def refusal_message(slurm_text: str, request: SpawnRequest, cluster: GpuCounts | None) -> str:
     """Why sbatch refused a server job, in plain words with the next step; '' when not one a user causes."""
     text = slurm_text.lower()
+    if "memory" in text and ("not available" in text or "exceed" in text or "specification" in text):
+        return f"No node has {request.memory} of memory for one server. Choose a profile with less memory."
     if "node configuration is not available" in text or "invalid generic resource" in text:
         if request.gpus and cluster is not None:
             most = cluster.most_per_node(request.gpu_type)
@@ -176,8 +178,6 @@ def refusal_message(slurm_text: str, request: SpawnRequest, cluster: GpuCounts |
             "at once, or the account may not use this partition). Stop another server or ask for less; "
             "your administrators can tell you your limits."
         )
-    if "memory" in text and ("not available" in text or "exceed" in text or "specification" in text):
-        return f"No node has {request.memory} of memory for one server. Choose a profile with less memory."
     if "time limit" in text:
         return f"The time limit you asked for ({duration_words(walltime_seconds(request.walltime))}) is longer than the partition allows. Ask for fewer hours."
     return ""
@@ -460,6 +460,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             clusters=clusters,
             last=problem.get("options", saved),
             problem=problem.get("message", ""),
+            problem_details=problem.get("details", ""),
         )
 
     def options_from_form(self, formdata):
@@ -730,7 +731,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             return await self.start_job()
         except SpawnError as e:
             # the next spawn form shows it next to the choice that failed
-            self.problem = {"options": dict(self.user_options or {}), "message": e.words}
+            self.problem = {"options": dict(self.user_options or {}), "message": e.words, "details": e.details}
             raise
 
     async def start_job(self):
