@@ -153,6 +153,7 @@ def apply_auth(c: Config, site: Site, state: StateDir) -> None:
         a.allow_all = oidc.allow_all_users
         a.enable_pkce = True
         a.identities_db = str(state.path / "identities.sqlite")
+        a.service_name = site.branding.name
     else:
         from .auth import CampusGitHubOAuthenticator
 
@@ -166,6 +167,7 @@ def apply_auth(c: Config, site: Site, state: StateDir) -> None:
         a.allowed_organizations = set(github.allowed_organizations)
         a.allowed_users = set(github.allowed_users)
         a.identities_db = str(state.path / "identities.sqlite")
+        a.service_name = site.branding.name
     if auth.encrypt_auth_state:
         c.Authenticator.enable_auth_state = True
         if not os.environ.get("JUPYTERHUB_CRYPT_KEY"):
