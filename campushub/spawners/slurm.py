@@ -108,9 +108,13 @@ def pending_message(
         total = cluster.total(kind) if cluster is not None and gpus else 0
         free = cluster.free(kind) if total else 0
         if total and not free:
-            text = f"all {gpu_words(total, kind)} are in use by other jobs; yours starts when {gpus} {'is' if gpus == 1 else 'are'} free"
+            text = (
+                f"all {gpu_words(total, kind)} are in use by other jobs; "
+                f"yours starts when {gpus} {'is' if gpus == 1 else 'are'} free"
+            )
         elif total and free < gpus:
-            text = f"only {free} of {gpu_words(total, kind)} {'is' if free == 1 else 'are'} free, and your server needs {gpus}"
+            verb = "is" if free == 1 else "are"
+            text = f"only {free} of {gpu_words(total, kind)} {verb} free, and your server needs {gpus}"
         elif gpus and not total:
             text = f"the {gpu_words(gpus, kind)} you asked for {'is' if gpus == 1 else 'are'} in use by other jobs"
         else:
@@ -163,7 +167,8 @@ def refusal_message(slurm_text: str, request: SpawnRequest, cluster: GpuCounts |
             most = cluster.most_per_node(request.gpu_type)
             if request.gpus > most:
                 return (
-                    f"No node has {gpu_words(request.gpus, request.gpu_type)}: the largest node has {gpu_words(most, request.gpu_type)}. "
+                    f"No node has {gpu_words(request.gpus, request.gpu_type)}: "
+                    f"the largest node has {gpu_words(most, request.gpu_type)}. "
                     f"Ask for at most {most}."
                 )
         return (
@@ -179,7 +184,8 @@ def refusal_message(slurm_text: str, request: SpawnRequest, cluster: GpuCounts |
             "your administrators can tell you your limits."
         )
     if "time limit" in text:
-        return f"The time limit you asked for ({duration_words(walltime_seconds(request.walltime))}) is longer than the partition allows. Ask for fewer hours."
+        asked = duration_words(walltime_seconds(request.walltime))
+        return f"The time limit you asked for ({asked}) is longer than the partition allows. Ask for fewer hours."
     return ""
 
 
