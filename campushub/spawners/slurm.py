@@ -457,7 +457,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         clusters = {name: found for name in partitions if (found := await self.cluster(name)) is not None}
         saved = (self.orm_spawner.user_options if self.orm_spawner is not None else None) or {}
         # the hub's Jinja environment: a site's JupyterHub.template_paths may hold its own form
-        hub_templates = (getattr(self.user, "settings", None) or {}).get("jinja2_env")
+        hub_templates = (getattr(self.user, "settings", None) or {}).get("jinja2_env_sync")
         return options_form(
             granted,
             self.slurm,
