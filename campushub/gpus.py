@@ -1,7 +1,8 @@
 """The cluster's GPUs as Slurm reports them: how many each node of a partition has, of each type, and
 how many are in use now.
 
-Read from `scontrol --oneliner show node` (each node's Gres, AllocTRES, State and Partitions), run by
+Read from `scontrol --details --oneliner show node` (each node's Gres, GresUsed, State and Partitions; AllocTRES
+where a Slurm gives no GresUsed), run by
 the hub without a shell, and kept for `CACHE_SECONDS`: a node added or a GPU drained shows on the spawn
 page within that time, without a hub restart.
 """
@@ -48,16 +49,16 @@ class Inventory:
 
 
 def parse_gres(text: str) -> dict[str, int]:
-    """Slurm's Gres of a node ("gpu:4", "gpu:a100:4(S:0-1),gpu:v100:2") -> {type: count}, with ""
-    for every type together."""
+    """Slurm's Gres or GresUsed of a node ("gpu:4", "gpu:a100:4(S:0-1),gpu:v100:2", "gpu:(null):3(IDX:0-2)")
+    -> {type: count}, with "" for every type together."""
     counts: dict[str, int] = {}
-    for entry in re.sub(r"\([^)]*\)", "", text).split(","):
+    for entry in re.sub(r"\((?!null\))[^)]*\)", "", text).split(","):
         parts = entry.strip().split(":")
         if parts[0] != "gpu" or len(parts) < 2 or not parts[-1].isdigit():
             continue
         count = int(parts[-1])
         counts[""] = counts.get("", 0) + count
-        if len(parts) == 3:
+        if len(parts) == 3 and parts[1] not in ("", "(null)"):
             counts[parts[1]] = counts.get(parts[1], 0) + count
     return counts
 
@@ -74,7 +75,7 @@ def parse_alloc_tres(text: str) -> dict[str, int]:
 
 
 def parse_nodes(text: str, partition: str) -> Inventory:
-    """`scontrol --oneliner show node` -> the GPUs of the nodes in `partition`."""
+    """`scontrol --details --oneliner show node` -> the GPUs of the nodes in `partition`."""
     nodes = []
     for line in text.splitlines():
         fields = dict(m.groups() for m in re.finditer(r"(\w+)=(\S*)", line))
@@ -85,7 +86,9 @@ def parse_nodes(text: str, partition: str) -> Inventory:
             NodeGpus(
                 name=fields["NodeName"],
                 total=parse_gres(fields.get("Gres", "")),
-                used=parse_alloc_tres(fields.get("AllocTRES", "")),
+                used=parse_gres(fields["GresUsed"])
+                if "GresUsed" in fields
+                else parse_alloc_tres(fields.get("AllocTRES", "")),
                 available=not any(s in state for s in UNAVAILABLE_STATES),
             )
         )
@@ -109,7 +112,7 @@ class GpuCache:
         if inventory is not None and time.monotonic() - read_at < self.seconds:
             return inventory
         try:
-            rc, out, _ = await run(["scontrol", "--oneliner", "show", "node"])
+            rc, out, _ = await run(["scontrol", "--details", "--oneliner", "show", "node"])
         except (TimeoutError, OSError):
             rc, out = -1, ""
         if rc == 0:

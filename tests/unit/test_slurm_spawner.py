@@ -240,6 +240,13 @@ def test_the_gpus_of_a_partition_from_scontrol():
     assert [n.name for n in gpus.nodes] == ["a1", "a2"]
     assert (gpus.most_per_node(), gpus.most_per_node("a100"), gpus.most_per_node("v100")) == (8, 8, 2)
     assert (gpus.total("a100"), gpus.free("a100"), gpus.free()) == (12, 1, 3)  # a2 is drained
+    # GresUsed (scontrol --details) where Slurm gives it: AllocTRES lists GPUs only with AccountingStorageTRES
+    used = parse_nodes(
+        "NodeName=vm Gres=gpu:4 GresDrain=N/A GresUsed=gpu:3 State=MIXED Partitions=gpu AllocTRES=cpu=1,mem=100M\n"
+        "NodeName=vn Gres=gpu:a100:2 GresUsed=gpu:a100:1(IDX:0),gpu:(null):0 State=MIXED Partitions=gpu AllocTRES=\n",
+        "gpu",
+    )
+    assert (used.total(), used.free(), used.free("a100")) == (6, 2, 1)
 
 
 @pytest.mark.parametrize(
