@@ -350,7 +350,10 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     last_stop = Dict(help="How the last job ended: job_id, state, reason. Kept in the hub database.")
     accepted_options = Dict(help="The user_options of the last spawn that was accepted. Kept in the hub database.")
     fallback_notice = Unicode("", help="Why this spawn uses the default profile instead of the saved options.")
-    problem = Dict(help="What the user chose and why it failed (options, message): the next spawn form shows it.")
+    problem = Dict(
+        help="What the user chose and why it failed (options, message, details): the next spawn form shows it, once. "
+        "Kept in the hub database: the hub replaces a spawner whose start failed."
+    )
 
     # --- profiles and the spawn request -----------------------------------------------------
 
@@ -449,7 +452,10 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     async def get_options_form(self) -> str:
         granted = self.granted_profiles()
         notice = self.notices(granted)
-        problem, self.problem = self.problem, {}
+        problem = self.problem
+        if problem:
+            self.problem = {}
+            self.save_state()
         only = granted[0] if len(granted) == 1 else None
         if only and not (only.choices.gpus or only.choices.hours) and not notice and not problem:
             return ""  # nothing to choose: start right away
@@ -531,6 +537,12 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         super().load_state(state)
         self.last_stop = state.get("last_stop", {})
         self.accepted_options = state.get("accepted_options", {})
+        self.problem = state.get("problem", {})
+
+    def save_state(self) -> None:
+        if self.orm_spawner is not None:
+            self.orm_spawner.state = self.get_state()
+            self.db.commit()
 
     def get_state(self):
         state = super().get_state()
@@ -538,6 +550,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             state["last_stop"] = self.last_stop
         if self.accepted_options:
             state["accepted_options"] = self.accepted_options
+        if self.problem:
+            state["problem"] = self.problem
         return state
 
     # --- the unix account ---------------------------------------------------------------

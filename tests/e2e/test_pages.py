@@ -146,8 +146,13 @@ def test_the_hubs_pages_as_a_campus_user_sees_them(hub, idp, slurm, page, artifa
                         "--output=/dev/null", "--wrap", "sleep 600").stdout.strip()  # fmt: skip
     try:
         wait_for(lambda: slurm.job_state(blocker) == "RUNNING", 60, "the job holding all GPUs to run")
-        page.goto(f"{hub.url}/hub/spawn")
-        expect(card(page, "gpu-1").locator(".free")).to_have_text("all 4 GPUs in use now", timeout=60_000)
+
+        # the form reads the cluster's GPUs at most every 30 s: a reload within a minute shows them taken
+        def all_taken():
+            page.goto(f"{hub.url}/hub/spawn")
+            return card(page, "gpu-1").locator(".free").inner_text() == "all 4 GPUs in use now"
+
+        wait_for(all_taken, 60, "the spawn form to show every GPU in use", interval=5)
         page.locator('input[name="profile"][value="gpu-1"]').check()
         page.get_by_role("button", name="Start").click()
         page.wait_for_url(f"{hub.url}/hub/spawn-pending/**", timeout=60_000)
