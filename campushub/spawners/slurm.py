@@ -748,11 +748,13 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
 
     async def start(self):
         try:
-            return await self.start_job()
+            started = await self.start_job()
         except SpawnError as e:
             # the next spawn form shows it next to the choice that failed
             self.problem = {"options": dict(self.user_options or {}), "message": e.words, "details": e.details}
             raise
+        self.problem = {}  # an earlier failure, never shown, is past
+        return started
 
     async def start_job(self):
         self.unix_account()
