@@ -100,6 +100,9 @@ class IdentityBinding(OAuthenticator):
     """
 
     identities_db = Unicode(help="SQLite file recording which identity owns each user name.").tag(config=True)
+    service_name = Unicode("CampusHub", help="The service's name in refusals (the site's branding.name).").tag(
+        config=True
+    )
 
     @cached_property
     def identities(self) -> Identities:
@@ -123,7 +126,9 @@ class IdentityBinding(OAuthenticator):
         admin_by_group = bool(set(auth_model.get("groups") or []) & set(self.admin_groups))
         if await super().check_allowed(username, dict(auth_model, admin=admin_by_group)):
             return True
-        raise refuse(f"{username} may not use CampusHub: {self.who_may_log_in()}. Ask your administrators for access.")
+        raise refuse(
+            f"{username} may not use {self.service_name}: {self.who_may_log_in()}. Ask your administrators for access."
+        )
 
     def who_may_log_in(self) -> str:
         raise NotImplementedError
@@ -214,7 +219,7 @@ class CampusOIDCAuthenticator(IdentityBinding, GenericOAuthenticator):
             domain = email.rpartition("@")[2].lower()
             if "@" not in email or domain not in {d.lower() for d in domains} or info.get("email_verified") is False:
                 raise refuse(
-                    f"{username} may not use CampusHub: it is open to verified addresses at "
+                    f"{username} may not use {self.service_name}: it is open to verified addresses at "
                     f"{', '.join(domains)}, and your identity provider sent {email or 'no address'!r}."
                 )
         return True

@@ -38,6 +38,31 @@ def apply_proxy(c: Config, site: Site, state: StateDir) -> None:
     c.ConfigurableHTTPProxy.auth_token = state.proxy_auth_token()
 
 
+HUB_TEMPLATES = Path(__file__).with_name("templates")
+
+
+def apply_branding(c: Config, site: Site, state: StateDir) -> None:
+    """The pages: JupyterHub's templates, extended by CampusHub's (campushub/templates), and a site's own
+    before both; the name, description and support contact reach every page as `campushub`."""
+    b = site.branding
+    c.JupyterHub.template_paths = [str(p) for p in (b.templates, HUB_TEMPLATES) if p]
+    c.JupyterHub.template_vars = {"campushub": page_vars(site)}
+    if b.logo:
+        c.JupyterHub.logo_file = str(b.logo)
+
+
+def page_vars(site: Site) -> dict:
+    """What CampusHub's page templates show of the site."""
+    b = site.branding
+    support = b.support or ""
+    return {
+        "name": b.name,
+        "description": b.description,
+        "support": support,
+        "support_url": f"mailto:{support}" if support and "://" not in support else support,
+    }
+
+
 def read_secret_file(path: Path, key: str) -> str:
     """A secret from an admin's file, refused as `secret_file` says."""
     value, problem = secret_file(path, key)
@@ -81,6 +106,9 @@ def check_site(site: Site) -> None:
             "spawner.backend: local with a campus login runs each server as the user's unix account, "
             "so the hub must run as root"
         )
+    logo = site.branding.logo
+    if logo and not os.access(logo, os.R_OK):
+        problems.append(f"branding.logo: cannot read {logo}")
     if problems:
         raise SiteError(problems)
 
@@ -125,6 +153,7 @@ def apply_auth(c: Config, site: Site, state: StateDir) -> None:
         a.allow_all = oidc.allow_all_users
         a.enable_pkce = True
         a.identities_db = str(state.path / "identities.sqlite")
+        a.service_name = site.branding.name
     else:
         from .auth import CampusGitHubOAuthenticator
 
@@ -138,6 +167,7 @@ def apply_auth(c: Config, site: Site, state: StateDir) -> None:
         a.allowed_organizations = set(github.allowed_organizations)
         a.allowed_users = set(github.allowed_users)
         a.identities_db = str(state.path / "identities.sqlite")
+        a.service_name = site.branding.name
     if auth.encrypt_auth_state:
         c.Authenticator.enable_auth_state = True
         if not os.environ.get("JUPYTERHUB_CRYPT_KEY"):
@@ -187,6 +217,7 @@ def apply_slurm(c: Config, site: Site, state: StateDir) -> None:
     c.SlurmSpawner.slurm = site.spawner.slurm
     c.SlurmSpawner.users = site.users
     c.SlurmSpawner.profiles = list(site.profiles)
+    c.SlurmSpawner.timezone = site.branding.timezone or ""
 
 
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
@@ -332,6 +363,7 @@ def hub_config(site: Site) -> Config:
     for apply in (
         apply_hub,
         apply_proxy,
+        apply_branding,
         apply_auth,
         apply_spawner,
         apply_culling,

@@ -123,12 +123,15 @@ class SpawnRequest:
         return f"gpu:{self.gpu_type}:{self.gpus}" if self.gpu_type else f"gpu:{self.gpus}"
 
 
-def walltime_hours(walltime: str) -> int:
-    """Whole hours of a [days-]hh:mm:ss walltime, rounded up."""
+def walltime_seconds(walltime: str) -> int:
     m = re.fullmatch(WALLTIME, walltime)
     days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
-    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
-    return -(-total // 3600)
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def walltime_hours(walltime: str) -> int:
+    """Whole hours of a [days-]hh:mm:ss walltime, rounded up."""
+    return -(-walltime_seconds(walltime) // 3600)
 
 
 def hours_walltime(hours: int) -> str:
@@ -222,18 +225,63 @@ def options_from_form(formdata: Mapping[str, list[str]]) -> dict[str, str]:
     return options
 
 
-def summary(profile: Profile, defaults: SlurmDefaults) -> str:
+def hours_minutes(walltime: str) -> str:
+    """A [days-]hh:mm:ss walltime in hours and minutes, the one way the pages show time: "1 h 30 min"."""
+    return duration_words(walltime_seconds(walltime))
+
+
+def duration_words(seconds: float) -> str:
+    """Seconds as hours and minutes: "2 h", "1 h 5 min", "45 min" (under a minute: "1 min")."""
+    hours, minutes = divmod(max(1, round(seconds / 60)), 60)
+    return " ".join(part for part in (f"{hours} h" if hours else "", f"{minutes} min" if minutes else "") if part)
+
+
+def gpu_words(count: int, gpu_type: str | None = None) -> str:
+    return f"{count} {gpu_type + ' ' if gpu_type else ''}GPU{'' if count == 1 else 's'}"
+
+
+def summary(profile: Profile, defaults: SlurmDefaults, gpu_max: int | None = None) -> str:
     r = profile.resources
     parts = [f"{r.cpus or defaults.cpus} CPU", f"{r.memory or defaults.memory} memory"]
     if profile.choices.gpus:
-        parts.append(f"{profile.choices.gpus.min}-{profile.choices.gpus.max} GPUs")
+        parts.append(
+            f"{profile.choices.gpus.min}-{gpu_max or profile.choices.gpus.max} GPUs"
+            + (f" ({r.gpu_type})" if r.gpu_type else "")
+        )
     elif r.gpus:
-        parts.append(f"{r.gpus} GPU{'s' if r.gpus > 1 else ''}" + (f" ({r.gpu_type})" if r.gpu_type else ""))
+        parts.append(gpu_words(r.gpus) + (f" ({r.gpu_type})" if r.gpu_type else ""))
     if profile.choices.hours:
-        parts.append(f"{profile.choices.hours.min}-{profile.choices.hours.max} h")
+        parts.append(f"{profile.choices.hours.min} h to {profile.choices.hours.max} h")
     else:
-        parts.append(f"up to {r.walltime or defaults.walltime}")
+        parts.append(f"up to {hours_minutes(r.walltime or defaults.walltime)}")
     return " · ".join(parts)
+
+
+class GpuCounts(Protocol):
+    """What the cluster has (campushub.gpus.Inventory)."""
+
+    def most_per_node(self, gpu_type: str | None = None) -> int: ...
+    def total(self, gpu_type: str | None = None) -> int: ...
+    def free(self, gpu_type: str | None = None) -> int: ...
+
+
+def needs_gpus(profile: Profile) -> bool:
+    return bool(profile.resources.gpus or profile.choices.gpus)
+
+
+def gpu_cap(profile: Profile, cluster: GpuCounts | None) -> int | None:
+    """The most GPUs the profile can get on the cluster (None: no GPUs, or the cluster is unknown)."""
+    if cluster is None or not needs_gpus(profile):
+        return None
+    most = cluster.most_per_node(profile.resources.gpu_type)
+    return min(most, profile.choices.gpus.max) if profile.choices.gpus else most
+
+
+def fits(profile: Profile, cluster: GpuCounts | None) -> bool:
+    """Whether some node can run the profile (its least GPU count)."""
+    cap = gpu_cap(profile, cluster)
+    least = profile.choices.gpus.min if profile.choices.gpus else profile.resources.gpus
+    return cap is None or least <= cap
 
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -247,10 +295,24 @@ def own_templates() -> Environment:
 
 
 def options_form(
-    granted: list[Profile], defaults: SlurmDefaults, notice: str = "", env: Environment | None = None
+    granted: list[Profile],
+    defaults: SlurmDefaults,
+    notice: str = "",
+    env: Environment | None = None,
+    *,
+    clusters: Mapping[str, GpuCounts] | None = None,
+    last: Mapping[str, Any] | None = None,
+    problem: str = "",
+    problem_details: str = "",
 ) -> str:
     """The spawn page's form (templates/campushub-spawn-form.html), rendered with autoescaping by `env`
-    (the hub's, so that a site's template_paths can override it) or CampusHub's own."""
+    (the hub's, so that a site's template_paths can override it) or CampusHub's own.
+
+    `clusters`: the GPUs Slurm reports, per partition; a profile no node can run is left out, a GPU choice is capped at
+    the largest node, and each GPU profile says how many of its GPUs are free. `last`: the user's last
+    choice (or what a refused form sent), pre-selected. `problem`: why that choice failed, shown next to it,
+    with `problem_details` (Slurm's own words) in a fold.
+    """
     template = None
     if env is not None:
         try:
@@ -259,14 +321,59 @@ def options_form(
             pass
     if template is None:
         template = own_templates().get_template(FORM_TEMPLATE)
+
+    def cluster_of(profile: Profile) -> GpuCounts | None:
+        return (clusters or {}).get(profile.resources.partition or defaults.partition)
+
+    offered = [p for p in granted if fits(p, cluster_of(p))]
+    not_offered = [
+        f"{p.display_name} is not offered: the largest node has "
+        f"{gpu_words(cluster_of(p).most_per_node(p.resources.gpu_type), p.resources.gpu_type)}."
+        for p in granted
+        if p not in offered
+    ]
+    last = dict(last or {})
+    slugs = [p.slug for p in offered]
+    chosen = last.get("profile") if last.get("profile") in slugs else (default_profile(offered).slug if offered else "")
+    gpu_max = {p.slug: _or(gpu_cap(p, cluster_of(p)), p.choices.gpus.max) for p in offered if p.choices.gpus}
+    gpu_values, start_hours = {}, {}
+    for p in offered:
+        if p.choices.gpus:
+            gpu_values[p.slug] = _last_value(last, "gpus", p, p.resources.gpus, p.choices.gpus.min, gpu_max[p.slug])
+        if p.choices.hours:
+            hours = walltime_hours(p.resources.walltime) if p.resources.walltime else p.choices.hours.min
+            start_hours[p.slug] = _last_value(last, "hours", p, hours, p.choices.hours.min, p.choices.hours.max)
+    free = {}
+    for p in offered:
+        cluster, kind = cluster_of(p), p.resources.gpu_type
+        if cluster is not None and needs_gpus(p):
+            total, now = cluster.total(kind), cluster.free(kind)
+            free[p.slug] = (
+                f"all {gpu_words(total, kind)} in use now" if not now else f"{now} of {gpu_words(total, kind)} free now"
+            )
     return template.render(
-        profiles=granted,
-        chosen=default_profile(granted).slug if granted else "",
-        notice=notice,
-        summaries={p.slug: summary(p, defaults) for p in granted},
-        start_hours={
-            p.slug: walltime_hours(p.resources.walltime) if p.resources.walltime else p.choices.hours.min
-            for p in granted
-            if p.choices.hours
-        },
+        profiles=offered,
+        chosen=chosen,
+        notice=" ".join(filter(None, [notice, *not_offered])),
+        problem=problem,
+        problem_details=problem_details,
+        summaries={p.slug: summary(p, defaults, gpu_max.get(p.slug)) for p in offered},
+        start_hours=start_hours,
+        gpu_values=gpu_values,
+        gpu_max=gpu_max,
+        free=free,
     )
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def _last_value(last: Mapping[str, Any], field: str, profile: Profile, default: int, low: int, high: int) -> int:
+    """The value the user chose last for the profile, if it is still allowed; else the default."""
+    value = last.get(field) if last.get("profile") == profile.slug else None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return value
+    return min(max(default, low), high)

@@ -419,11 +419,55 @@ class SchedulerSettings(Section):
     )
 
 
+class BrandingSettings(Section):
+    name: str = Field(
+        "CampusHub", min_length=1, max_length=60, description="The service's name, on every page and in titles."
+    )
+    logo: Path | None = Field(
+        None, description="Image file (PNG or SVG) shown in every page's header. Unset: CampusHub's default."
+    )
+    description: str = Field(
+        "",
+        max_length=200,
+        description="One line on the login page saying who may use the service, e.g. 'For researchers and "
+        "students of the Campus AI Institute'.",
+    )
+    support: str | None = Field(
+        None,
+        pattern=r"^([^@\s:/]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}|https?://[^\s/]+(/\S*)?)$",
+        description="Where users get help: an email address or a web page (https://...). Shown on the login "
+        "page, the footer and every error page.",
+    )
+    timezone: str | None = Field(
+        None,
+        description="Time zone of the times shown to users (a queued job's estimated start), as an IANA name "
+        "such as Europe/Berlin. Unset: the hub host's own.",
+    )
+    templates: Path | None = Field(
+        None,
+        description="A folder of the site's own page templates (JupyterHub's page.html, login.html, error.html, "
+        "home.html, spawn.html, ... or campushub-spawn-form.html), used before CampusHub's.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _a_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"{value!r} is not a time zone name such as Europe/Berlin or UTC") from None
+        return value
+
+
 class Site(Section):
     """A CampusHub deployment."""
 
     hub: HubSettings = Field({}, description="Addresses, ports and the state folder.")
     proxy: ProxySettings = Field({}, description="The proxy in front of the hub.")
+    branding: BrandingSettings = Field({}, description="How the service presents itself on its pages.")
     auth: AuthSettings = Field({}, description="How users log in.")
     spawner: SpawnerSettings = Field({}, description="Where users' servers run.")
     users: UsersSettings = Field({}, description="Users' unix accounts.")

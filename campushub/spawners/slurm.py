@@ -22,24 +22,31 @@ import os
 import pwd
 import shlex
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import batchspawner
 from batchspawner import JobStatus
 from jupyterhub import apihandlers
 from jupyterhub.apihandlers import APIHandler
+from markupsafe import Markup
 from tornado import web
 from traitlets import Any, Dict, Float, Instance, Integer, List, Unicode, default
 
 from ..auth import account_problem
+from ..gpus import GPUS, Inventory
 from ..profiles import (
+    GpuCounts,
     Profile,
     ProfileError,
     SpawnRequest,
+    duration_words,
+    gpu_words,
     granted_profiles,
     options_form,
     options_from_form,
     resolve_request,
     site_profiles,
+    walltime_seconds,
 )
 from ..site import ContainerSettings, SlurmSettings, UsersSettings
 
@@ -54,11 +61,18 @@ ENDED_STATES = {
 
 
 class SpawnError(web.HTTPError):
-    """A spawn that cannot go on; the message is for the user (spawn page and REST API show it)."""
+    """A spawn that cannot go on; the message is for the user (spawn page and REST API show it).
+    `details` (Slurm's own words, a log's tail) follow it, and fold away on the pages."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, details: str = "", details_title: str = "Details"):
         super().__init__(500, "%s", message)
-        self.jupyterhub_message = message
+        self.words, self.details = message, details
+        self.jupyterhub_message = f"{message}\n{details_title}:\n{details}" if details else message
+        self.jupyterhub_html_message = Markup("<p>{}</p>").format(message) + (
+            Markup("<details><summary>{}</summary><pre>{}</pre></details>").format(details_title, details)
+            if details
+            else Markup("")
+        )
 
     def __str__(self) -> str:
         return self.jupyterhub_message
@@ -78,32 +92,101 @@ END_REASONS = {
 }
 
 
-def pending_message(reason: str, start: str, request: SpawnRequest | None) -> str:
-    """Slurm's pending reason (squeue %r) and expected start (%S), in plain words."""
-    gpus = request.gpus if request else 0
+def pending_message(
+    reason: str,
+    start: str,
+    request: SpawnRequest | None,
+    cluster: GpuCounts | None = None,
+    timezone: str = "",
+    now: datetime | None = None,
+) -> str:
+    """Slurm's pending reason (squeue %r) and expected start (%S), in plain words that stay true for the
+    whole wait: `cluster` tells how many of the GPUs asked for are in use; the start is shown in the
+    site's `timezone` (default: the hub host's), with its date when it is not today."""
+    gpus, kind = (request.gpus, request.gpu_type) if request else (0, None)
     if reason == "Resources":
-        what = f"{gpus} GPU{'s' if gpus > 1 else ''}" if gpus else "the CPUs and memory you asked for"
-        text = f"Waiting for resources: {what} {'are' if gpus != 1 else 'is'} busy with other jobs"
+        total = cluster.total(kind) if cluster is not None and gpus else 0
+        free = cluster.free(kind) if total else 0
+        if total and not free:
+            text = (
+                f"all {gpu_words(total, kind)} are in use by other jobs; "
+                f"yours starts when {gpus} {'is' if gpus == 1 else 'are'} free"
+            )
+        elif total and free < gpus:
+            verb = "is" if free == 1 else "are"
+            text = f"only {free} of {gpu_words(total, kind)} {verb} free, and your server needs {gpus}"
+        elif gpus and not total:
+            text = f"the {gpu_words(gpus, kind)} you asked for {'is' if gpus == 1 else 'are'} in use by other jobs"
+        else:
+            text = "the CPUs and memory you asked for are in use by other jobs"
     elif reason == "Priority":
-        text = "Waiting in the queue behind jobs of higher priority"
+        text = "it waits behind jobs of higher priority"
     elif "GRES" in reason and (reason.startswith("QOS") or reason.startswith("Assoc")):
-        text = f"Waiting: the GPU limit of your account or group is reached ({reason})"
+        text = f"the GPU limit of your account or group is reached ({reason})"
     elif reason.startswith("QOS") or reason.startswith("Assoc"):
-        text = f"Waiting: a limit of your account or group is reached ({reason})"
+        text = f"a limit of your account or group is reached ({reason})"
     elif reason in ("ReqNodeNotAvail", "PartitionDown", "PartitionInactive", "NodeDown", "PartitionNodeLimit"):
-        text = f"Waiting: the partition's nodes are not available ({reason})"
+        text = f"the partition's nodes are not available ({reason})"
     elif reason == "BeginTime":
-        text = "Waiting for its start time"
+        text = "it waits for its start time"
     elif reason in ("None", ""):
-        text = "Queued: Slurm is scheduling the job"
+        text = "Slurm is scheduling it"
     else:
-        text = f"Waiting in the queue (Slurm: {reason})"
+        text = f"Slurm: {reason}"
+    when = start_time(start, timezone)
+    if when is None:
+        return text
+    now = now.astimezone(when.tzinfo) if now else datetime.now(when.tzinfo)
+    day = (
+        ""
+        if when.date() == now.date()
+        else f"{when:%a %-d %b}" + (f" {when.year}" if when.year != now.year else "") + " "
+    )
+    return (
+        f"{text}; estimated start {day}{when:%H:%M} {when.tzname()} "
+        f"(in about {duration_words((when - now).total_seconds())})"
+    )
+
+
+def start_time(start: str, timezone: str = "") -> datetime | None:
+    """squeue's %S (the controller's local time, no zone) in the site's time zone; None if Slurm has none."""
     try:
         when = datetime.fromisoformat(start)
     except ValueError:
-        return text
-    minutes = max(0, round((when - datetime.now()).total_seconds() / 60))
-    return f"{text}; estimated start {when:%H:%M} (in about {minutes} min)"
+        return None
+    return when.astimezone(ZoneInfo(timezone) if timezone else None)
+
+
+def refusal_message(slurm_text: str, request: SpawnRequest, cluster: GpuCounts | None) -> str:
+    """Why sbatch refused a server job, in plain words with the next step; '' when not one a user causes."""
+    text = slurm_text.lower()
+    if "memory" in text and ("not available" in text or "exceed" in text or "specification" in text):
+        return f"No node has {request.memory} of memory for one server. Choose a profile with less memory."
+    if "node configuration is not available" in text or "invalid generic resource" in text:
+        if request.gpus and cluster is not None:
+            most = cluster.most_per_node(request.gpu_type)
+            if request.gpus > most:
+                return (
+                    f"No node has {gpu_words(request.gpus, request.gpu_type)}: "
+                    f"the largest node has {gpu_words(most, request.gpu_type)}. "
+                    f"Ask for at most {most}."
+                )
+        return (
+            f"No node of the partition {request.partition} has what you asked for ({request.cpus} CPU, "
+            f"{request.memory} memory"
+            + (f", {gpu_words(request.gpus, request.gpu_type)}" if request.gpus else "")
+            + "). Ask for less, or choose another profile."
+        )
+    if "qos" in text or "accounting" in text or "association" in text or "account" in text:
+        return (
+            "A limit of your Slurm account or its QOS does not allow this job (too many GPUs, jobs or hours "
+            "at once, or the account may not use this partition). Stop another server or ask for less; "
+            "your administrators can tell you your limits."
+        )
+    if "time limit" in text:
+        asked = duration_words(walltime_seconds(request.walltime))
+        return f"The time limit you asked for ({asked}) is longer than the partition allows. Ask for fewer hours."
+    return ""
 
 
 def container_command(container: ContainerSettings, home: str, gpus: int) -> list[str]:
@@ -259,11 +342,18 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     log_tail_lines = Integer(20, help="How many lines of the job's log a failed spawn shows.").tag(config=True)
     profiles = List(help="Resource profiles (campushub.profiles.Profile) from the site file.").tag(config=True)
     progress_interval = Float(3.0, help="Seconds between queue checks shown on the spawn page.").tag(config=True)
+    timezone = Unicode(
+        "", help="Time zone of the times shown to the user, an IANA name (the site's branding.timezone); '': the hub's."
+    ).tag(config=True)
 
     request = Any(None, help="The validated SpawnRequest of the current spawn.")
     last_stop = Dict(help="How the last job ended: job_id, state, reason. Kept in the hub database.")
     accepted_options = Dict(help="The user_options of the last spawn that was accepted. Kept in the hub database.")
     fallback_notice = Unicode("", help="Why this spawn uses the default profile instead of the saved options.")
+    problem = Dict(
+        help="What the user chose and why it failed (options, message, details): the next spawn form shows it, once. "
+        "Kept in the hub database: the hub replaces a spawner whose start failed."
+    )
 
     # --- profiles and the spawn request -----------------------------------------------------
 
@@ -362,17 +452,84 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     async def get_options_form(self) -> str:
         granted = self.granted_profiles()
         notice = self.notices(granted)
+        problem = self.problem
+        if problem:
+            self.problem = {}
+            self.save_state()
         only = granted[0] if len(granted) == 1 else None
-        if only and not (only.choices.gpus or only.choices.hours) and not notice:
+        if only and not (only.choices.gpus or only.choices.hours) and not notice and not problem:
             return ""  # nothing to choose: start right away
+        partitions = {p.resources.partition or self.slurm.partition for p in granted}
+        clusters = {name: found for name in partitions if (found := await self.cluster(name)) is not None}
+        saved = (self.orm_spawner.user_options if self.orm_spawner is not None else None) or {}
         # the hub's Jinja environment: a site's JupyterHub.template_paths may hold its own form
-        hub_templates = (getattr(self.user, "settings", None) or {}).get("jinja2_env")
-        return options_form(granted, self.slurm, notice, hub_templates)
+        hub_templates = (getattr(self.user, "settings", None) or {}).get("jinja2_env_sync")
+        return options_form(
+            granted,
+            self.slurm,
+            notice,
+            hub_templates,
+            clusters=clusters,
+            last=problem.get("options", saved),
+            problem=problem.get("message", ""),
+            problem_details=problem.get("details", ""),
+        )
 
     def options_from_form(self, formdata):
         options = options_from_form(formdata)
-        self.resolve(options)  # a bad form comes back with the message, before any spawn
+        try:
+            self.resolve(options)  # a bad form comes back with the message, before any spawn
+        except web.HTTPError as e:
+            self.problem = {"options": options, "message": e.log_message % e.args}
+            raise
         return options
+
+    async def cluster(self, partition: str) -> Inventory | None:
+        """The partition's GPUs, as Slurm reports them (read at most every 30 s); None if Slurm cannot tell."""
+        return await GPUS.read(partition, self.run_as_hub)
+
+    async def run_as_hub(self, argv) -> tuple[int, str, str]:
+        """Run a Slurm query as the hub itself, without a shell, with only what Slurm's commands need."""
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=command_env(),
+        )  # fmt: skip
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.command_timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            proc.kill()
+            await proc.wait()
+            raise
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+    # --- what the pages show -----------------------------------------------------------------
+
+    def queued(self) -> bool:
+        """Whether Slurm holds this server's job in its queue (the spawn page says so)."""
+        return bool(self.job_id) and squeue_fields(self.job_status)[0] in PENDING_STATES
+
+    def server_facts(self) -> dict:
+        """The running server, for the home page: profile, GPUs, node, job id and time left ({} if none)."""
+        state, host, start, _ = squeue_fields(self.job_status)
+        if not self.job_id or state not in RUNNING_STATES:
+            return {}
+        request = self.request
+        if request is None:
+            try:
+                request = self.resolve(self.accepted_options)
+            except web.HTTPError:
+                request = None
+        known = {p.slug: p for p in self.all_profiles()}
+        facts = {"job_id": self.job_id, "node": host, "profile": "", "gpus": "none", "time_left": ""}
+        if request is not None:
+            profile = known.get(request.profile)
+            facts["profile"] = profile.display_name if profile else request.profile
+            facts["gpus"] = gpu_words(request.gpus, request.gpu_type) if request.gpus else "none"
+            began = start_time(start, self.timezone)
+            if began is not None:
+                left = walltime_seconds(request.walltime) - (datetime.now(began.tzinfo) - began).total_seconds()
+                facts["time_left"] = duration_words(max(0, left))
+        return facts
 
     # --- state ------------------------------------------------------------------------------
 
@@ -380,6 +537,12 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         super().load_state(state)
         self.last_stop = state.get("last_stop", {})
         self.accepted_options = state.get("accepted_options", {})
+        self.problem = state.get("problem", {})
+
+    def save_state(self) -> None:
+        if self.orm_spawner is not None:
+            self.orm_spawner.state = self.get_state()
+            self.db.commit()
 
     def get_state(self):
         state = super().get_state()
@@ -387,6 +550,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             state["last_stop"] = self.last_stop
         if self.accepted_options:
             state["accepted_options"] = self.accepted_options
+        if self.problem:
+            state["problem"] = self.problem
         return state
 
     # --- the unix account ---------------------------------------------------------------
@@ -484,7 +649,14 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         # the job's environment: JupyterHub's for this server (its own token, no hub secret), exported by sbatch
         rc, out, err = await self.run_as_user(*args, input=self.render_batch_script(), env=self.get_env())
         if rc != 0:
-            raise SpawnError(f"Slurm refused the server job: {err.strip() or out.strip()}")
+            said = err.strip() or out.strip()
+            request = self.job_request
+            words = refusal_message(said, request, await self.cluster(request.partition))
+            raise SpawnError(
+                f"Slurm refused the server job. {words}" if words else "Slurm refused the server job.",
+                details=said,
+                details_title="What Slurm said",
+            )
         job_id = (out.strip().splitlines() or [""])[-1].split(";")[0]
         if not job_id.isdigit():
             raise SpawnError(f"sbatch gave no job id: {out.strip()!r}")
@@ -560,7 +732,9 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         state = squeue_fields(self.job_status)[0] or "ENDED"
         tail = await self.job_log_tail(job_id)
         return SpawnError(
-            f"Slurm job {job_id} ended ({state}) {when}. Last lines of its log {self.job_log_path(job_id)}:\n{tail}"
+            f"Slurm job {job_id} ended ({state}) {when}.",
+            details=tail,
+            details_title=f"Last lines of its log {self.job_log_path(job_id)}",
         )
 
     # --- the spawn ------------------------------------------------------------------------
@@ -573,6 +747,16 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             event.set()
 
     async def start(self):
+        try:
+            started = await self.start_job()
+        except SpawnError as e:
+            # the next spawn form shows it next to the choice that failed
+            self.problem = {"options": dict(self.user_options or {}), "message": e.words, "details": e.details}
+            raise
+        self.problem = {}  # an earlier failure, never shown, is past
+        return started
+
+    async def start_job(self):
         self.unix_account()
         # a fresh address for every job: the last job's host is no place to bind on another node
         self.ip = self.traits()["ip"].default_value
@@ -611,25 +795,32 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     async def progress(self):
         """Where the job is, in words, refreshed every progress_interval seconds while it waits.
 
-        It reads the job's line that start() keeps fresh (every poll interval): no query of its own."""
+        It reads the job's line that start() keeps fresh (every poll interval), and, while the job waits for
+        GPUs, the partition's GPUs (read at most every 30 s for all users). Each event says whether Slurm holds
+        the job in its queue (`queued`): the spawn page then says so, and its button cancels the request."""
         last = None
         if self.fallback_notice:
             yield {"message": self.fallback_notice}
         while True:
             state, host, start, reason = squeue_fields(self.job_status)
+            queued = state in PENDING_STATES
             if not self.job_id:
                 message = "Submitting your server's job to Slurm"
-            elif state in PENDING_STATES:
-                message = f"Job {self.job_id}: " + pending_message(reason, start, self.request)
+            elif queued:
+                request = self.job_request
+                cluster = await self.cluster(request.partition) if request.gpus and reason == "Resources" else None
+                message = f"Job {self.job_id} is queued: " + pending_message(
+                    reason, start, request, cluster, self.timezone
+                )
             elif state in RUNNING_STATES:
-                yield {"message": f"Job {self.job_id} is running on {host}: starting JupyterLab"}
+                yield {"message": f"Job {self.job_id} is running on {host}: starting JupyterLab", "queued": False}
                 return
             elif state:
                 return  # ended: start() reports why
             else:
                 message = f"Job {self.job_id} submitted; asking Slurm where it is"
             if message != last:
-                yield {"message": message}
+                yield {"message": message, "queued": queued}
                 last = message
             await asyncio.sleep(self.progress_interval)
 

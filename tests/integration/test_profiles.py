@@ -191,7 +191,11 @@ def test_a_waiting_job_says_why_and_when(hub, slurm, tokens):
     assert r.status_code == 202, r.text  # still waiting after the hub's 10 s
     events = hub.progress(CAROL, tokens[CAROL], timeout=60, until=lambda e: "estimated start" in e["message"])
     messages = [e["message"] for e in events]
-    assert any("Waiting for resources: 1 GPU is busy with other jobs" in m for m in messages), messages
+    # the whole truth: all four GPUs are taken, not "1 GPU is busy"
+    assert any("is queued: all 4 GPUs are in use by other jobs; yours starts when 1 is free" in m for m in messages), (
+        messages
+    )
+    assert all(e.get("queued") for e in events if e["message"].startswith("Job ")), events
     assert "estimated start" in messages[-1], messages
     (job,) = slurm.jobs_of(CAROL)
     assert job["state"] == "PENDING"
@@ -205,8 +209,17 @@ def test_a_request_no_node_can_satisfy_fails_at_once(hub, slurm, tokens):
     started = time.monotonic()
     r = hub.spawn(ALICE, tokens[ALICE], profile="gpu-2", gpus=6)
     assert r.status_code == 500, r.text
-    assert "Slurm refused the server job" in r.json()["message"]
-    assert "Requested node configuration is not available" in r.json()["message"]
+    message = r.json()["message"]
+    assert (
+        "Slurm refused the server job. No node has 6 GPUs: the largest node has 4 GPUs. Ask for at most 4." in message
+    )
+    assert "What Slurm said:\n" in message and "Requested node configuration is not available" in message
+    # the spawn form shows it next to the choice, which it keeps
+    page = hub.login(ALICE).get(f"{hub.url}/hub/spawn/{ALICE}")
+    assert 'value="gpu-2" checked' in page.text and 'name="gpus-gpu-2" min="1" max="4" value="2"' in page.text, (
+        page.text
+    )
+    assert "Ask for at most 4." in page.text and "<summary>What Slurm said</summary>" in page.text
     assert time.monotonic() - started < 10
     assert not slurm.jobs_of(ALICE)
 

@@ -50,7 +50,10 @@ def example(tmp_path) -> Path:
     secret.write_text("s3cret\n")
     secret.chmod(0o600)
     f = tmp_path / "campushub.yaml"
-    f.write_text(EXAMPLE.read_text().replace("/etc/campushub/oidc-client-secret", str(secret)))
+    logo = tmp_path / "logo.svg"
+    logo.write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    text = EXAMPLE.read_text().replace("/etc/campushub/oidc-client-secret", str(secret))
+    f.write_text(text.replace("/etc/campushub/logo.svg", str(logo)))
     return f
 
 
@@ -86,7 +89,17 @@ def test_config_schema_is_json_schema():
     assert r.returncode == 0
     schema = json.loads(r.stdout)
     assert schema["title"] == "CampusHub site file"
-    assert set(schema["properties"]) == {"hub", "proxy", "auth", "users", "spawner", "culling", "scheduler", "profiles"}
+    assert set(schema["properties"]) == {
+        "hub",
+        "proxy",
+        "branding",
+        "auth",
+        "users",
+        "spawner",
+        "culling",
+        "scheduler",
+        "profiles",
+    }
     assert schema["additionalProperties"] is False
 
 

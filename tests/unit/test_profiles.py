@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from campushub.gpus import parse_nodes
 from campushub.profiles import (
     Profile,
     ProfileError,
+    duration_words,
     granted_profiles,
+    hours_minutes,
     options_form,
     options_from_form,
     resolve_request,
@@ -102,7 +105,8 @@ def test_the_form_lists_granted_profiles_escaped_with_their_choices():
     assert 'value="cpu" checked' in html and 'value="gpu-1"' in html and "gpu-multi" not in html
     assert "One GPU &lt;fast&gt;" in html and "A100 &amp; friends" in html and "&lt;time&gt;" in html
     assert 'name="hours-gpu-1" min="1" max="12" value="4"' in html
-    assert "1 CPU · 4G memory · 1 GPU (a100) · 1-12 h" in html
+    assert "1 CPU · 4G memory · 1 GPU (a100) · 1 h to 12 h" in html
+    assert "2 CPU · 4G memory · up to 8 h" in html  # time in hours and minutes, not 08:00:00
 
 
 def test_a_site_can_replace_the_form_template():
@@ -116,6 +120,51 @@ def test_a_site_can_replace_the_form_template():
     assert 'value="gpu-1"' in options_form(
         granted({"researchers": {}}), DEFAULTS, env=Environment(loader=DictLoader({}))
     )
+
+
+def test_time_is_shown_in_hours_and_minutes():
+    assert hours_minutes("08:00:00") == "8 h"
+    assert hours_minutes("01:30:00") == "1 h 30 min"
+    assert hours_minutes("00:45:00") == "45 min"
+    assert hours_minutes("1-02:00:00") == "26 h"
+    assert duration_words(20) == "1 min"
+
+
+def four_gpus(in_use=0):
+    """The test cluster: one node of 4 GPUs, as scontrol reports it."""
+    alloc = f",gres/gpu={in_use}" if in_use else ""
+    return parse_nodes(
+        f"NodeName=vm Arch=x86_64 Gres=gpu:4 State=MIXED Partitions=gpu AllocTRES=cpu=1,mem=1G{alloc}\n", "gpu"
+    )
+
+
+def test_the_form_offers_only_what_a_node_can_run_and_says_what_is_free():
+    eight = Profile(slug="gpu-8", display_name="Eight GPUs", everyone=True, resources={"gpus": 8})
+    wide = Profile(
+        slug="gpu-wide",
+        display_name="Wide",
+        everyone=True,
+        resources={"gpus": 2},
+        choices={"gpus": {"min": 1, "max": 8}},
+    )
+    html = options_form([CPU, eight, wide, MULTI], DEFAULTS, clusters={"gpu": four_gpus(in_use=1)})
+    assert 'value="gpu-8"' not in html
+    assert "Eight GPUs is not offered: the largest node has 4 GPUs." in html
+    assert 'name="gpus-gpu-wide" min="1" max="4" value="2"' in html
+    assert "1-4 GPUs" in html and "1-8 GPUs" not in html
+    assert html.count("3 of 4 GPUs free now") == 2
+    assert "all 4 GPUs in use now" in options_form([wide], DEFAULTS, clusters={"gpu": four_gpus(in_use=4)})
+
+
+def test_the_form_preselects_the_last_choice_and_shows_what_went_wrong_next_to_it():
+    last = {"profile": "gpu-multi", "gpus": "3"}
+    html = options_form([CPU, MULTI], DEFAULTS, last=last, problem="Slurm refused <it>")
+    assert 'value="gpu-multi" checked' in html and 'value="cpu" checked' not in html
+    assert 'name="gpus-gpu-multi" min="1" max="4" value="3"' in html
+    card = html.split('data-profile="gpu-multi"')[1]
+    assert "Slurm refused &lt;it&gt;" in card
+    # a last choice out of bounds now falls back to the profile's default
+    assert 'value="2"' in options_form([MULTI], DEFAULTS, last={"profile": "gpu-multi", "gpus": 9})
 
 
 def test_form_fields_of_the_chosen_profile_only():

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 import shlex
+from datetime import datetime
 from types import SimpleNamespace
+from zoneinfo import ZoneInfo
 
 import pytest
 from batchspawner import JobStatus
 from tornado import web
 from traitlets.config import Config
 
+from campushub.gpus import parse_nodes
 from campushub.profiles import Profile, SpawnRequest
 from campushub.site import SlurmSettings, UsersSettings
 from campushub.spawners.slurm import (
     PortReportError,
     SlurmSpawner,
+    SpawnError,
     classify_squeue,
     parse_port_report,
     pending_message,
+    refusal_message,
     squeue_fields,
 )
 
@@ -148,11 +153,11 @@ def test_a_refused_request_is_a_400_naming_the_field():
 @pytest.mark.parametrize(
     "reason, start, words",
     [
-        ("Resources", "N/A", "Waiting for resources: 2 GPUs are busy with other jobs"),
+        ("Resources", "N/A", "the 2 GPUs you asked for are in use by other jobs"),
         ("Priority", "N/A", "behind jobs of higher priority"),
         ("QOSMaxGRESPerUser", "N/A", "GPU limit of your account or group"),
         ("ReqNodeNotAvail", "Unknown", "nodes are not available"),
-        ("Resources", "2031-01-01T10:15:00", "estimated start 10:15"),
+        ("Resources", "2031-01-01T10:15:00", "estimated start Wed 1 Jan 2031 10:15"),
     ],
 )
 def test_pending_reasons_in_plain_words(reason, start, words):
@@ -160,6 +165,88 @@ def test_pending_reasons_in_plain_words(reason, start, words):
         profile="g", partition="gpu", cpus=1, memory="1G", gpus=2, gpu_type=None, walltime="01:00:00"
     )
     assert words in pending_message(reason, start, request)
+
+
+def one_gpu(gpus=1, gpu_type=None, memory="1G", walltime="01:00:00"):
+    return SpawnRequest(
+        profile="g", partition="gpu", cpus=1, memory=memory, gpus=gpus, gpu_type=gpu_type, walltime=walltime
+    )
+
+
+def four_gpus(in_use):
+    return parse_nodes(f"NodeName=vm Gres=gpu:4 State=MIXED Partitions=gpu AllocTRES=cpu=1,gres/gpu={in_use}", "gpu")
+
+
+def test_a_wait_for_gpus_reads_true_for_the_whole_wait():
+    # one GPU asked for, all four taken: not "1 GPU is busy"
+    text = pending_message("Resources", "N/A", one_gpu(), four_gpus(in_use=4))
+    assert text.startswith("all 4 GPUs are in use by other jobs; yours starts when 1 is free"), text
+    text = pending_message("Resources", "N/A", one_gpu(gpus=3), four_gpus(in_use=2))
+    assert text.startswith("only 2 of 4 GPUs are free, and your server needs 3"), text
+
+
+def test_the_estimated_start_has_its_date_when_not_today_in_the_sites_time_zone():
+    zone = ZoneInfo("Europe/Berlin")
+    now = datetime(2026, 11, 23, 9, 0, tzinfo=zone)
+    local = lambda when: when.astimezone(None).replace(tzinfo=None).isoformat()  # noqa: E731 (squeue's %S)
+    today = pending_message("Priority", local(datetime(2026, 11, 23, 10, 30, tzinfo=zone)), one_gpu(), None,
+                            "Europe/Berlin", now)  # fmt: skip
+    assert today.endswith("estimated start 10:30 CET (in about 1 h 30 min)"), today
+    tomorrow = pending_message("Priority", local(datetime(2026, 11, 24, 8, 0, tzinfo=zone)), one_gpu(), None,
+                               "Europe/Berlin", now)  # fmt: skip
+    assert tomorrow.endswith("estimated start Tue 24 Nov 08:00 CET (in about 23 h)"), tomorrow
+
+
+@pytest.mark.parametrize(
+    "slurm_said, request_, words",
+    [
+        ("sbatch: error: Batch job submission failed: Requested node configuration is not available",
+         one_gpu(gpus=6), "No node has 6 GPUs: the largest node has 4 GPUs. Ask for at most 4."),
+        ("sbatch: error: Memory specification can not be satisfied",
+         one_gpu(memory="500G"), "No node has 500G of memory for one server"),
+        ("sbatch: error: Batch job submission failed: Requested time limit is invalid (missing or exceeds some limit)",
+         one_gpu(walltime="2-00:00:00"), "The time limit you asked for (48 h) is longer than the partition allows"),
+        ("sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's "
+         "size and/or time limits)", one_gpu(), "A limit of your Slurm account or its QOS does not allow this job"),
+        ("sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified",
+         one_gpu(), "A limit of your Slurm account"),
+        ("sbatch: error: Slurm controller not responding", one_gpu(), ""),
+    ],
+)  # fmt: skip
+def test_slurms_refusals_in_plain_words_with_the_next_step(slurm_said, request_, words):
+    text = refusal_message(slurm_said, request_, four_gpus(in_use=0))
+    assert text.startswith(words) if words else text == "", text
+
+
+def test_a_spawn_error_keeps_slurms_words_in_a_fold_escaped():
+    error = SpawnError(
+        "Slurm refused the server job. Ask for less.", details="error: <gres> & co", details_title="What Slurm said"
+    )
+    assert str(error) == "Slurm refused the server job. Ask for less.\nWhat Slurm said:\nerror: <gres> & co"
+    assert error.jupyterhub_html_message == (
+        "<p>Slurm refused the server job. Ask for less.</p>"
+        "<details><summary>What Slurm said</summary><pre>error: &lt;gres&gt; &amp; co</pre></details>"
+    )
+
+
+def test_the_gpus_of_a_partition_from_scontrol():
+    text = (
+        "NodeName=a1 Gres=gpu:a100:4(S:0-1),gpu:v100:2 State=MIXED Partitions=gpu,debug "
+        "AllocTRES=cpu=4,mem=8G,gres/gpu=3,gres/gpu:a100=3\n"
+        "NodeName=a2 Gres=gpu:a100:8 State=IDLE+DRAIN Partitions=gpu AllocTRES=\n"
+        "NodeName=c1 Gres=(null) State=IDLE Partitions=cpu AllocTRES=\n"
+    )
+    gpus = parse_nodes(text, "gpu")
+    assert [n.name for n in gpus.nodes] == ["a1", "a2"]
+    assert (gpus.most_per_node(), gpus.most_per_node("a100"), gpus.most_per_node("v100")) == (8, 8, 2)
+    assert (gpus.total("a100"), gpus.free("a100"), gpus.free()) == (12, 1, 3)  # a2 is drained
+    # GresUsed (scontrol --details) where Slurm gives it: AllocTRES lists GPUs only with AccountingStorageTRES
+    used = parse_nodes(
+        "NodeName=vm Gres=gpu:4 GresDrain=N/A GresUsed=gpu:3 State=MIXED Partitions=gpu AllocTRES=cpu=1,mem=100M\n"
+        "NodeName=vn Gres=gpu:a100:2 GresUsed=gpu:a100:1(IDX:0),gpu:(null):0 State=MIXED Partitions=gpu AllocTRES=\n",
+        "gpu",
+    )
+    assert (used.total(), used.free(), used.free("a100")) == (6, 2, 1)
 
 
 @pytest.mark.parametrize(
