@@ -257,7 +257,17 @@ def apply_services(c: Config, site: Site, state: StateDir) -> None:
             "access:services!service=scheduler",
         ]
     c.JupyterHub.services = services
-    c.JupyterHub.load_roles = roles
+    c.JupyterHub.load_roles = roles + course_roles(state)
+
+
+def course_roles(state: StateDir) -> list[dict]:
+    """The staff role of every course applied on this hub (campushub.courses.roles: made from ids only)."""
+    from .courses.roles import course_roles as roles_of
+
+    try:
+        return roles_of(state.path)
+    except ValueError as e:
+        raise SiteError([str(e)]) from None
 
 
 @cache  # JupyterHub's list loads its entry points; a hub start validates the site file twice
