@@ -260,6 +260,13 @@ def apply_services(c: Config, site: Site, state: StateDir) -> None:
     c.JupyterHub.load_roles = roles + course_roles(state)
 
 
+def apply_courses(c: Config, site: Site, state: StateDir) -> None:
+    """A course's staff may open its students' servers (campushub.courses.access)."""
+    from .courses.access import course_access_scopes
+
+    c.Spawner.pre_spawn_hook = course_access_scopes
+
+
 def course_roles(state: StateDir) -> list[dict]:
     """The staff role of every course applied on this hub (campushub.courses.roles: made from ids only)."""
     from .courses.roles import course_roles as roles_of
@@ -331,7 +338,8 @@ def hub_config(site: Site) -> Config:
     check_site(site)
     state = StateDir(site.hub.state_dir).ensure()
     c = Config()
-    for apply in (apply_hub, apply_proxy, apply_auth, apply_spawner, apply_culling, apply_services, apply_extra):
+    for apply in (apply_hub, apply_proxy, apply_auth, apply_spawner, apply_culling, apply_services,
+                  apply_courses, apply_extra):  # fmt: skip
         apply(c, site, state)
     return c
 
