@@ -76,11 +76,17 @@ def group_members(name: str) -> set[str] | None:
 
 def account_problems(course: Course) -> list[str]:
     """Staff need a unix account; with folders, every student too (their exchange folder is theirs)."""
+    from .manifest import _lines
+
     problems = []
     m = course.manifest
-    for name in m.staff.all:
-        if not has_account(name):
-            problems.append(f"staff {name}: unknown user (no unix account of that name on this host)")
+    lines = _lines(course.source.read_text()) if course.source else {}
+    for kind in ("instructors", "tas"):
+        for i, name in enumerate(getattr(m.staff, kind)):
+            if not has_account(name):
+                where = f"{course.source}:{lines.get(('staff', kind, i), 1)}: " if course.source else ""
+                problems.append(f"{where}staff.{kind}[{i}]: {name} is an unknown user (no unix account of that "
+                                "name on this host)")  # fmt: skip
     if m.folders is not None:
         for s in course.students:
             if not has_account(s.username):

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.cluster.hub import RunningHub
 from tests.cluster.users import create_users, remove_user
@@ -84,7 +85,7 @@ def manifest(folder: Path, course_id: str, staff: str, students: list[str], shar
         **extra,
     }
     path = folder / "course.yaml"
-    path.write_text(json.dumps(data))  # JSON is YAML
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
@@ -129,7 +130,9 @@ def test_a_bad_manifest_and_roster_list_every_problem_and_change_nothing(hub, to
     assert r.returncode == 2, r.stdout
     assert "term: the term ends (2026-08-01) before it starts (2026-09-01)" in r.stderr, r.stderr
     r = course(hub, "apply", manifest(tmp_path, "bad", "chub-nosuchstaff", ["chub-bob"], shared), tokens["apply"])
-    assert r.returncode == 2 and "staff chub-nosuchstaff: unknown user" in r.stderr, r.stderr
+    assert (
+        r.returncode == 2 and "course.yaml:8: staff.instructors[0]: chub-nosuchstaff is an unknown user" in r.stderr
+    ), r.stderr
     (tmp_path / "roster.csv").write_text("username,email\nchub-bob,b@x.org\nBad Name,x@x.org\nchub-bob,c@x.org\n")
     r = course(hub, "apply", manifest_path := tmp_path / "course.yaml", tokens["apply"])
     assert r.returncode == 2
