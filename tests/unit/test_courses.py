@@ -189,3 +189,48 @@ def test_the_hub_loads_the_course_roles(tmp_path):
     write_course_ids(tmp_path, ["ml101"])
     roles = {r["name"]: r for r in hub_config(site).JupyterHub.load_roles}
     assert roles["course-ml101-staff"]["groups"] == ["course-ml101-staff"]
+
+
+def test_a_students_server_also_opens_to_its_course_groups_scope():
+    from types import SimpleNamespace
+
+    from campushub.courses.access import course_access_scopes
+
+    groups = [SimpleNamespace(name=n) for n in ("course-ml101-students", "course-ml101-staff", "gpu-users")]
+    spawner = SimpleNamespace(
+        user=SimpleNamespace(groups=groups),
+        oauth_access_scopes=["access:servers!server=bob/", "access:servers!group=course-old-students"],
+    )
+    assert course_access_scopes(spawner) == ["access:servers!group=course-ml101-students"]
+    assert spawner.oauth_access_scopes == ["access:servers!server=bob/", "access:servers!group=course-ml101-students"]
+
+
+def test_an_archive_keeps_links_as_links_and_a_changed_file_fails_its_check(tmp_path):
+    import tarfile
+
+    from campushub.courses.retire import CHECKSUMS, verify_archive, write_archive
+
+    root = tmp_path / "courses" / "ml101"
+    (root / "exchange" / "alan").mkdir(parents=True)
+    (root / "exchange" / "alan" / "hw.txt").write_text("answer\n")
+    (root / "exchange" / "alan" / "secret").symlink_to("/etc/hostname")
+    m = parse_manifest(MANIFEST + f"folders: {{root: {root}}}\n")
+    archive = tmp_path / "a.tar.gz"
+    sums = write_archive(Course(m, []), archive, print)
+    assert list(sums) == ["ml101/exchange/alan/hw.txt"]
+    assert verify_archive(archive) == 1
+    with tarfile.open(archive) as tar:
+        link = tar.getmember("ml101/exchange/alan/secret")
+        assert link.issym() and link.linkname == "/etc/hostname"
+        members = [(info, tar.extractfile(info).read() if info.isfile() else None) for info in tar]
+    with tarfile.open(archive, "w:gz") as tar:  # the same archive, one file changed
+        import io
+
+        for info, data in members:
+            if info.name.endswith("hw.txt"):
+                data = b"changed\n"
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    with pytest.raises(CourseError, match="does not match its checksums"):
+        verify_archive(archive)
+    assert CHECKSUMS == "SHA256SUMS"
