@@ -89,8 +89,9 @@ def diff(course: Course, state: HubState, state_dir: Path, slurm_accounting: boo
                           lambda hub, say: write_course_ids(state_dir, ids), restart=True))  # fmt: skip
 
     if m.folders is not None:
+        set_groups = unix_groups(course)  # one call sets every group; each shows as its own line
         for line in folders.unix_group_changes(course):
-            steps.append(Step("folders", line, unix_groups(course)))
+            steps.append(Step("folders", line, set_groups))
         folder_lines = folders.folder_changes(course)
         if folder_lines:
             text = f"{len(folder_lines)} folder(s): " + "; ".join(folder_lines[:3])
@@ -113,7 +114,7 @@ def unix_groups(course: Course):
     done = []
 
     def run(hub, say):
-        if not done:  # one step per group is shown; one call sets them all
+        if not done:
             folders.ensure_unix_groups(course)
             done.append(True)
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tests.cluster.hub import RunningHub
+from tests.cluster.slurm import wait_for
 from tests.cluster.users import create_users, remove_user
 
 ADMIN = "chub-ops"
@@ -284,7 +285,7 @@ def test_retire_archives_verifies_then_removes(hub, tokens, applied, shared, tmp
     assert "y/materials/notes.txt" in names and f"y/exchange/{erin}/hw.txt" in sums
     report = json.loads(next(tmp_path.glob("course-y-*.report.json")).read_text())
     assert report["files"] == 2 and any("verified" in line for line in report["report"])
-    assert hub.server(erin, erin_token) is None
+    wait_for(lambda: hub.server(erin, erin_token) is None, 60, "erin's server to stop")
     assert group(hub, "course-y-students", tokens["admin"]) is None
     assert group(hub, "course-y-staff", tokens["admin"]) is None
     assert "y" not in (Path(hub.site["hub"]["state_dir"]) / "course-roles.yaml").read_text().split()
