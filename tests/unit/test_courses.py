@@ -234,3 +234,22 @@ def test_an_archive_keeps_links_as_links_and_a_changed_file_fails_its_check(tmp_
     with pytest.raises(CourseError, match="does not match its checksums"):
         verify_archive(archive)
     assert CHECKSUMS == "SHA256SUMS"
+
+
+def test_the_students_group_property_grants_the_profiles_at_the_next_spawn(tmp_path):
+    """What apply writes is what the spawner reads at each spawn (campushub.profiles.granted_profiles);
+    tests/integration/test_profiles.py spawns with such a grant, with no restart."""
+    from campushub.profiles import Profile, granted_profiles
+
+    state = HubState({"alan", "barbara", "ada", "grace"}, {}, ["ml101"])
+    (step,) = [s for s in diff(course(), state, tmp_path) if s.area == "grants"]
+    written = {}
+
+    class Hub:
+        def set_properties(self, group, properties):
+            written[group] = properties
+
+    step.run(Hub(), print)
+    profiles = [Profile(slug="cpu", display_name="CPU", everyone=True), Profile(slug="gpu-1", display_name="GPU")]
+    assert [p.slug for p in granted_profiles(profiles, admin=False, groups={})] == ["cpu"]
+    assert [p.slug for p in granted_profiles(profiles, admin=False, groups=written)] == ["cpu", "gpu-1"]
