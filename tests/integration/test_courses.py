@@ -296,3 +296,24 @@ def test_retire_archives_verifies_then_removes(hub, tokens, applied, shared, tmp
     hub.start_hub()
     time.sleep(0.5)
     assert course(hub, "retire", path, tokens["retire"], "--archive-dir", str(tmp_path)).returncode == 0
+
+
+def test_purge_homes_deletes_only_after_the_archive_and_only_homes_of_no_other_course(hub, tokens, shared, tmp_path):
+    leaver = "chub-leaver"
+    create_users([leaver])
+    try:
+        # chub-bob is also in course x: his home stays
+        path = manifest(tmp_path / "p", "p", X_STAFF, [leaver, "chub-bob"], shared)
+        assert course(hub, "apply", path, tokens["apply"]).returncode == 0
+        assert as_user(leaver, "sh", "-c", f"echo work > {shared}/p/exchange/{leaver}/final.txt").returncode == 0
+        r = course(
+            hub, "retire", path, tokens["retire"], "--archive-dir", str(tmp_path / "a"), "--yes", "--purge-homes"
+        )
+        assert r.returncode == 0, r.stderr
+        assert "deleted 1 home(s) (after the archive was verified)" in r.stdout, r.stdout
+        assert not Path(f"/home/{leaver}").exists() and Path("/home/chub-bob").is_dir()
+        (archive,) = (tmp_path / "a").glob("course-p-*.tar.gz")
+        with tarfile.open(archive) as tar:
+            assert tar.extractfile(f"p/exchange/{leaver}/final.txt").read() == b"work\n"
+    finally:
+        remove_user(leaver)
