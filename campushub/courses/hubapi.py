@@ -16,7 +16,8 @@ import requests
 from . import CourseError
 
 PAGE = 200  # JupyterHub's largest page by default (api_page_max_limit)
-CHUNK = 50  # users per request when creating users or changing a group's members
+CHUNK = 50  # users per request when creating users (and the progress counter's step)
+MEMBERS_CHUNK = 200  # users per request when adding members to an existing group
 
 
 class Hub:
@@ -36,8 +37,8 @@ class Hub:
                 f"the hub refused {method} {path} ({r.status_code}): the token lacks a scope "
                 "(see `campushub course --help` for the scopes)"
             )
-        if r.status_code == 404 and 404 in ok:
-            return None
+        if r.status_code >= 400 and r.status_code in ok:
+            return None  # an answer the caller expects, such as 404 (absent) or 409 (exists already)
         if r.status_code not in ok:
             try:
                 message = r.json().get("message", r.text)
@@ -66,11 +67,17 @@ class Hub:
             self.call("POST", "/users", json={"usernames": chunk})
             progress(say, "hub users created", done, len(names))
 
-    def create_group(self, name: str) -> None:
-        self.call("POST", f"/groups/{name}", ok=(201, 409))
+    def create_group(self, name: str, members: list[str] = (), say=None) -> None:
+        """A new group with its members in one request (the hub adds them in one go); if the group exists
+        meanwhile, the members are added to it."""
+        if self.call("POST", f"/groups/{name}", ok=(201, 409), json={"users": list(members)}) is None:
+            self.add_members(name, list(members), say)
+        elif say is not None and len(members) > CHUNK:
+            say(f"  {len(members)}/{len(members)} added to {name}")
 
     def add_members(self, group: str, names: list[str], say=None) -> None:
-        for done, chunk in chunks(names):
+        # bigger chunks: each answer lists the whole group, and the hub checks each name against it
+        for done, chunk in chunks(names, MEMBERS_CHUNK):
             self.call("POST", f"/groups/{group}/users", json={"users": chunk})
             progress(say, f"added to {group}", done, len(names))
 
@@ -90,9 +97,9 @@ class Hub:
         self.call("DELETE", path, ok=(202, 204, 404))
 
 
-def chunks(names: list[str]):
-    for i in range(0, len(names), CHUNK):
-        yield min(i + CHUNK, len(names)), names[i : i + CHUNK]
+def chunks(names: list[str], size: int = CHUNK):
+    for i in range(0, len(names), size):
+        yield min(i + size, len(names)), names[i : i + size]
 
 
 def progress(say, what: str, done: int, total: int) -> None:

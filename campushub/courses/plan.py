@@ -61,8 +61,10 @@ def diff(course: Course, state: HubState, state_dir: Path, slurm_accounting: boo
     for group, members in ((m.students_group, students), (m.staff_group, staff)):
         current = state.groups.get(group)
         if current is None:
-            steps.append(Step("groups", f"create group {group}", lambda hub, say, g=group: hub.create_group(g)))
-        have = set((current or {}).get("users", []))
+            text = f"create group {group} with {len(members)} member(s): {preview(members)}"
+            steps.append(Step("groups", text, lambda hub, say, g=group, a=members: hub.create_group(g, a, say)))
+            continue
+        have = set(current.get("users", []))
         add = [u for u in members if u not in have]
         drop = sorted(have - set(members))
         if add:

@@ -116,8 +116,7 @@ def test_a_new_course_plans_every_step(tmp_path):
     steps = diff(course(), HubState(users={"alan"}, groups={}, role_courses=[]), tmp_path)
     texts = [s.text for s in steps]
     assert texts[0] == "create 3 hub user(s): barbara, ada, grace"
-    assert "create group course-ml101-students" in texts
-    assert "add 2 member(s) to course-ml101-students: alan, barbara" in texts
+    assert "create group course-ml101-students with 2 member(s): alan, barbara" in texts
     assert any(t.startswith("grant profiles ['gpu-1'] to course-ml101-students") for t in texts)
     assert [s.area for s in steps if s.restart] == ["roles"]
 
