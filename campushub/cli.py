@@ -25,6 +25,8 @@ from .state import StateDir
 PROXY_COMMAND = "configurable-http-proxy"
 # Seconds the users' address may take to answer at all, once the hub answers
 PROXY_WAIT = 15
+# Seconds the hub's services may take to start, once the hub answers
+SERVICES_WAIT = 90
 
 
 class CommandError(Exception):
@@ -107,8 +109,32 @@ def cmd_hub(args) -> int:
         argv.append("--debug")
     from jupyterhub.app import main as jupyterhub_main
 
+    # JupyterHub handles SIGTERM and SIGINT only once it has started: stopped before, it would leave the
+    # services it started running. Until its own handlers replace these, a stop ends them with it.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop_while_starting)
     jupyterhub_main(argv)
     return 0
+
+
+def _stop_while_starting(signum, frame):
+    for child in child_processes(os.getpid()):
+        try:
+            os.kill(child, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    os._exit(128 + signum)
+
+
+def child_processes(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                found.append(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return found
 
 
 # --- up -------------------------------------------------------------------------------------
@@ -135,6 +161,18 @@ def hub_api_answer(address: str, site: Site) -> tuple[int, str, str] | None:
         return e.code, e.headers.get("Server", ""), ""
     except (OSError, http.client.HTTPException):
         return None
+
+
+def services_up(address: str, site: Site) -> bool:
+    """Whether the hub has started its services: the proxy routes to the nightly-notebooks service once it
+    answers (the hub registers its signal handlers after its services, so it stops cleanly only from then)."""
+    if not site.scheduler.enabled:
+        return True
+    try:
+        with urllib.request.urlopen(f"{address}{site.hub.base_url}services/scheduler/api/health", timeout=2) as r:
+            return r.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
 
 
 def check_addresses_free(site: Site, hub: bool = True) -> None:
@@ -248,9 +286,16 @@ def cmd_up(args) -> int:
                 # Ready only once the users' address, through the proxy, answers as this hub does.
                 users_get = hub_api_answer(users_address, site)
                 hub_up_since = hub_up_since or time.monotonic()
-                if users_get and (users_get[0], users_get[2]) == (hub_says[0], hub_says[2]):
+                answers_as_hub = users_get and (users_get[0], users_get[2]) == (hub_says[0], hub_says[2])
+                if answers_as_hub and services_up(users_address, site):
                     ready = True
                     print(f"CampusHub is ready: open {url} (Ctrl-C stops it and every user's server)", flush=True)
+                elif answers_as_hub:
+                    if time.monotonic() - hub_up_since > SERVICES_WAIT:
+                        print(f"campushub: the nightly-notebooks service did not start within {SERVICES_WAIT} s "
+                              "(see the hub's messages above); stopping", file=sys.stderr)  # fmt: skip
+                        code = 1
+                        raise Stop()
                 elif users_get or time.monotonic() - hub_up_since > PROXY_WAIT:
                     print(f"campushub: {not_campushub(users_address, users_get)}; stopping", file=sys.stderr)
                     code = 1

@@ -197,7 +197,15 @@ SCHEDULER_SCOPES = ["read:users:name", "read:users:groups", "read:groups"]
 def apply_culling(c: Config, site: Site, state: StateDir) -> None:
     cull = site.culling
     c.JupyterHub.last_activity_interval = cull.activity_interval
-    c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": str(cull.activity_interval)}
+
+
+def apply_server_environment(c: Config, site: Site, state: StateDir) -> None:
+    """What every user's server finds in its environment, besides JupyterHub's own variables."""
+    env = {"JUPYTERHUB_ACTIVITY_INTERVAL": str(site.culling.activity_interval)}
+    if site.scheduler.enabled:
+        # `campushub schedule` in a server's terminal, and the Lab extension, find the service here
+        env["CAMPUSHUB_SCHEDULER_URL"] = f"{public_url(site).rstrip('/')}/services/scheduler/"
+    c.Spawner.environment = env
 
 
 def apply_services(c: Config, site: Site, state: StateDir) -> None:
@@ -338,8 +346,17 @@ def hub_config(site: Site) -> Config:
     check_site(site)
     state = StateDir(site.hub.state_dir).ensure()
     c = Config()
-    for apply in (apply_hub, apply_proxy, apply_auth, apply_spawner, apply_culling, apply_services,
-                  apply_courses, apply_extra):  # fmt: skip
+    for apply in (
+        apply_hub,
+        apply_proxy,
+        apply_auth,
+        apply_spawner,
+        apply_culling,
+        apply_server_environment,
+        apply_services,
+        apply_courses,
+        apply_extra,
+    ):
         apply(c, site, state)
     return c
 

@@ -4,6 +4,7 @@ service: JUPYTERHUB_* from the hub, the site file from CAMPUSHUB_CONFIG)."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import secrets
@@ -65,9 +66,23 @@ async def serve() -> None:
     await stop.wait()
     server.stop()
     loop_task.cancel()
+    await scheduler.stop_demo_runs()
+
+
+def end_with_the_hub() -> None:
+    """Ask Linux for SIGTERM when the hub that started this service ends, however it ends: a hub stopped
+    while it still waited for its services would leave this one holding its port."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the hub ended before the request was made
+        sys.exit(0)
 
 
 def main() -> int:
+    end_with_the_hub()
     logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
     try:
         asyncio.run(serve())

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
@@ -348,9 +348,7 @@ class Scheduler:
                         raise ScheduleError(str(e)) from None
                     # withdrawn since the schedule was made: the owner's default profile, said so
                     request = resolve_request({}, profiles=profiles, granted=granted, defaults=self.site.spawner.slurm)
-                    run.note = (
-                        f"profile {schedule.profile!r} is no longer granted to you: ran with {request.profile!r}"
-                    )
+                    run.note = f"profile {schedule.profile!r} is no longer granted to you: ran with {request.profile!r}"
             notebook = await self.notebook_bytes(run.owner, schedule.notebook)
             check_parameters(run.parameters, inspect_parameters(notebook))
             notebook = with_kernel(notebook)
@@ -505,5 +503,14 @@ class Scheduler:
                     log.info("Run %d: its submission did not happen before a restart: submitting again", run.id)
             db.commit()
 
-    def active_count(self, db: Session) -> int:
-        return db.scalar(select(func.count()).select_from(Run).where(Run.state.in_(ACTIVE_STATES)))
+    async def stop_demo_runs(self) -> None:
+        """The demo stops as a whole (`campushub up`, Ctrl-C): its runs in flight are cancelled with it.
+        Elsewhere runs go on while the service is away, and it follows them when it is back."""
+        if not (isinstance(self.executor, LocalExecutor) and self.executor.demo):
+            return
+        with self.session() as db:
+            for run in db.scalars(select(Run).where(Run.state.in_(ACTIVE_STATES))).all():
+                if run.job_id:
+                    await self.executor.cancel(self.job(run), run.job_id)
+                self._end(run, "cancelled", "the demo was stopped while it ran")
+            db.commit()

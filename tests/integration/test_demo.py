@@ -20,7 +20,7 @@ import yaml
 from tests.cluster.slurm import free_port, wait_for
 
 URL = "http://127.0.0.1:8000"
-DEMO_PORTS = (8000, 8001, 8081)
+DEMO_PORTS = (8000, 8001, 8081, 8090)
 
 
 def listening(port: int) -> bool:
@@ -82,7 +82,9 @@ def test_demo_runs_lab_and_ctrl_c_stops_everything(demo_dir):
         # the banner says what the state folder holds, and where the logs go; both are checked below
         assert f"  state folder (database, secrets, users' files in homes/): {state}\n" in out
         assert "  the hub and the proxy log to this terminal\n" in out
-        assert "JupyterHub is now running" in out and "[ConfigProxy]" in out
+        # the hub's log: it says so once its services have started too
+        wait_for(lambda: "JupyterHub is now running" in up.output(), 60, "the hub's services")
+        assert "[ConfigProxy]" in out
         for secret in ("demo_password", "proxy_auth_token", "jupyterhub_cookie_secret"):
             assert (state / secret).stat().st_mode & 0o777 == 0o600, secret
         assert state.stat().st_mode & 0o777 == 0o700
@@ -115,6 +117,20 @@ def test_demo_runs_lab_and_ctrl_c_stops_everything(demo_dir):
         assert notebook.exists(), "a notebook saved in JupyterLab lands in the user's folder under homes/"
         # a user is not another
         assert s.get(f"{URL}/user/bob/api/status", allow_redirects=False).status_code in (302, 403, 404)
+
+        # nightly notebooks: the example schedule of the user demo has run, and its output opens
+        assert f"nightly notebooks: {URL}/services/scheduler/ (log in as demo" in out
+        demo = requests.Session()
+        demo.get(f"{URL}/hub/login")
+        demo.post(f"{URL}/hub/login", data={"username": "demo", "password": password, "_xsrf": demo.cookies["_xsrf"]},
+                  allow_redirects=False)  # fmt: skip
+        page = wait_for(lambda: (p := demo.get(f"{URL}/services/scheduler/schedules/1")) and "succeeded" in p.text
+                        and p, 60, "the example schedule's first run")  # fmt: skip
+        assert "Example: nightly training run" in page.text
+        run_id = re.search(r"runs/(\d+)/output\.html", page.text).group(1)
+        html = demo.get(f"{URL}/services/scheduler/runs/{run_id}/output.html")
+        assert html.status_code == 200 and "test_accuracy" in html.text
+        assert s.get(f"{URL}/services/scheduler/schedules/1").status_code == 404, "ada does not see demo's"
     finally:
         code = up.interrupt()
     assert code == 0, up.output()
@@ -163,10 +179,11 @@ def another_program(port: int):
 
 
 def site_on_free_ports(folder: Path) -> tuple[Path, dict]:
-    ports = {"port": free_port(), "hub_port": free_port(), "api_port": free_port()}
+    ports = {"port": free_port(), "hub_port": free_port(), "api_port": free_port(), "scheduler_port": free_port()}
     site = {
         "hub": {"port": ports["port"], "hub_port": ports["hub_port"], "state_dir": str(folder / "state")},
         "proxy": {"api_port": ports["api_port"]},
+        "scheduler": {"port": ports["scheduler_port"]},
     }
     f = folder / "campushub.yaml"
     f.write_text(yaml.safe_dump(site))
@@ -202,7 +219,12 @@ def finish(up: subprocess.Popen, timeout: float) -> tuple[str, str]:
 
 @pytest.mark.parametrize(
     "taken, what",
-    [("port", "where users reach CampusHub"), ("hub_port", "the hub's API"), ("api_port", "the proxy's API")],
+    [
+        ("port", "where users reach CampusHub"),
+        ("hub_port", "the hub's API"),
+        ("api_port", "the proxy's API"),
+        ("scheduler_port", "the nightly-notebooks service"),
+    ],
 )
 def test_up_refuses_an_address_that_another_program_holds(tmp_path, taken, what):
     site, ports = site_on_free_ports(tmp_path)

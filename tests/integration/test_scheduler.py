@@ -18,8 +18,12 @@ import nbformat
 import psycopg
 import pytest
 import requests
+import sqlalchemy
 from aiosmtpd.controller import Controller
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 
+from campushub.scheduler.models import Base
 from tests.cluster.hub import environ_of, running_hub, slurm_site
 from tests.cluster.slurm import free_port, wait_for
 
@@ -175,6 +179,10 @@ def test_the_service_runs_with_its_own_role_and_a_postgresql_store(hub, tokens):
         rows = db.execute("SELECT owner, name FROM schedules WHERE id = %s", (made["id"],)).fetchall()
         revision = db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
     assert rows == [(ALICE, "stored")] and revision == "0001"
+    engine = sqlalchemy.create_engine(hub.database, connect_args={"password": password})
+    with engine.connect() as connection:  # the migrations made exactly the models' schema on PostgreSQL too
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    engine.dispose()
     call(hub, "DELETE", f"api/schedules/{made['id']}", tokens[ALICE])
 
 
@@ -369,3 +377,21 @@ def test_the_cli_adds_lists_runs_pauses_and_deletes(hub, tokens, tmp_path):
     token_file.write_text("not-a-token")
     r = cli("list")
     assert r.returncode == 2 and "HTTP 403" in r.stderr
+
+
+def test_a_users_server_schedules_with_its_own_token(hub, tokens, slurm):
+    """What the Lab extension does: the server's own hub token reaches the scheduler, as its user."""
+    hub.spawn_and_wait(ALICE, tokens[ALICE])
+    try:
+        env = environ_of(slurm.server_pid(slurm.job_of(ALICE)["id"]))
+        url = env["CAMPUSHUB_SCHEDULER_URL"]
+        assert url == f"{hub.url}/services/scheduler/"
+        headers = {"Authorization": f"token {env['JUPYTERHUB_API_TOKEN']}"}
+        r = requests.post(f"{url}api/schedules", headers=headers, json={"notebook": "template:run-report",
+                          "cron": "@weekly"}, timeout=60)  # fmt: skip
+        assert r.status_code == 201 and r.json()["owner"] == ALICE, r.text
+        mine = requests.get(f"{url}api/schedules", headers=headers, timeout=60).json()["schedules"]
+        assert {s["owner"] for s in mine} == {ALICE}
+        assert hub.api("GET", "/users", env["JUPYTERHUB_API_TOKEN"]).status_code == 403, "it is still a server token"
+    finally:
+        hub.stop_server(ALICE, tokens[ALICE])
