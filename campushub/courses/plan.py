@@ -84,6 +84,11 @@ def diff(course: Course, state: HubState, state_dir: Path, slurm_accounting: boo
                           "in effect at the students' next spawn",
                           lambda hub, say, p=wanted: hub.set_properties(m.students_group, p)))  # fmt: skip
 
+    staff_group = state.groups.get(m.staff_group)
+    if course.id in state.role_courses and staff_group is not None and "roles" in staff_group:
+        if m.staff_role not in staff_group["roles"]:
+            steps.append(Step("roles", f"the role {m.staff_role} is written but the hub has not loaded it yet: "
+                              "restart the hub", note=True))  # fmt: skip
     if course.id not in state.role_courses:
         ids = [*state.role_courses, course.id]
         steps.append(Step("roles", f"add role {m.staff_role} (access and admin of {m.students_group}'s servers, "

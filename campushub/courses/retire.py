@@ -207,7 +207,9 @@ def retire(course: Course, hub: Hub, state_dir: Path, archive_dir: Path, *, yes:
 
         report += remove_unix_groups(course)
         report.append(f"removed {m.folders.root}")
-    if purge_homes:
+    if purge_homes and not files:
+        report.append("homes stay: no archive of the course's work was made and verified, so none is deleted")
+    elif purge_homes:
         for user in homes:
             home = home_of(user)
             if home:

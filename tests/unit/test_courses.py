@@ -252,3 +252,16 @@ def test_the_students_group_property_grants_the_profiles_at_the_next_spawn(tmp_p
     profiles = [Profile(slug="cpu", display_name="CPU", everyone=True), Profile(slug="gpu-1", display_name="GPU")]
     assert [p.slug for p in granted_profiles(profiles, admin=False, groups={})] == ["cpu"]
     assert [p.slug for p in granted_profiles(profiles, admin=False, groups=written)] == ["cpu", "gpu-1"]
+
+
+def test_plan_says_when_the_hub_has_not_loaded_the_staff_role_yet(tmp_path):
+    groups = {
+        "course-ml101-students": {"users": ["alan", "barbara"], "properties": {"campushub_profiles": ["gpu-1"]}},
+        "course-ml101-staff": {"users": ["ada", "grace"], "roles": []},
+    }
+    steps = diff(course(), HubState({"alan", "barbara", "ada", "grace"}, groups, ["ml101"]), tmp_path)
+    assert [(s.note, s.text) for s in steps] == [
+        (True, "the role course-ml101-staff is written but the hub has not loaded it yet: restart the hub")
+    ]
+    groups["course-ml101-staff"]["roles"] = ["course-ml101-staff"]
+    assert diff(course(), HubState({"alan", "barbara", "ada", "grace"}, groups, ["ml101"]), tmp_path) == []
