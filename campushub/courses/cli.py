@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from . import CourseError
@@ -22,6 +23,15 @@ apply and retire run as root on the hub host (unix groups, shared folders, the s
 state folder). A new course's staff role takes effect when the hub restarts (JupyterHub has no API for
 roles); everything else at once. See docs/courses.md.
 """
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """The epilog as written (its command lines); the description wrapped like the rest."""
+
+    def _fill_text(self, text, width, indent):
+        if text is EPILOG:
+            return super()._fill_text(text, width, indent)
+        return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent)
 
 
 def say(line: str) -> None:
@@ -123,7 +133,7 @@ def add_parser(commands, site_option, func) -> None:
         "course-<id>-students and course-<id>-staff, a staff role over the course's students, profile grants "
         "and shared folders. Every command is safe to re-run.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     actions = course.add_subparsers(dest="course_command", metavar="SUBCOMMAND", required=True)
 
@@ -141,7 +151,7 @@ def add_parser(commands, site_option, func) -> None:
         "profile grants, folders) and print each difference. Every problem of the manifest or the roster is "
         "listed with its line.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     common(plan, cmd_plan)
     apply = actions.add_parser(
@@ -152,7 +162,7 @@ def add_parser(commands, site_option, func) -> None:
         "create the unix groups and folders. Progress goes to stderr. An interrupted apply converges when "
         "run again.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     common(apply, cmd_apply)
     retire = actions.add_parser(
@@ -162,7 +172,7 @@ def add_parser(commands, site_option, func) -> None:
         "exchange folder) with sha256 checksums and verify it, then remove the staff role, the grants and "
         "the groups, and the folder; write a report next to the archive. Accounts and homes stay.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     common(retire, cmd_retire)
     retire.add_argument("--yes", action="store_true", help="retire for real (without it: print the steps only)")

@@ -144,7 +144,7 @@ def render(course: Course, steps: list[Step], url: str) -> str:
         lines.append(f"  {'=' if s.note else '+'} {s.area}: {s.text}")
     if any(s.restart for s in changes):
         lines.append(f"  ! the role {m.staff_role} is new: it takes effect when the hub restarts "
-                     "(`systemctl restart campushub-hub`; servers keep running)")  # fmt: skip
+                     "(restart the `campushub hub` process or its service; users' servers keep running)")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -265,3 +265,22 @@ def test_plan_says_when_the_hub_has_not_loaded_the_staff_role_yet(tmp_path):
     ]
     groups["course-ml101-staff"]["roles"] = ["course-ml101-staff"]
     assert diff(course(), HubState({"alan", "barbara", "ada", "grace"}, groups, ["ml101"]), tmp_path) == []
+
+
+def test_the_cli_lists_every_problem_and_exits_2(tmp_path, capsys):
+    from campushub.cli import main
+
+    path = write(tmp_path, roster="username,email\nalan,a@x.org\nBad,b@x.org\nalan,c@x.org\n")
+    assert main(["course", "plan", str(path), "--url", "http://127.0.0.1:9/hub/api"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("campushub: 2 problems; nothing was changed:\n")
+    assert f"{tmp_path}/roster.csv:3: 'Bad' is not a valid user name" in err
+    assert f"{tmp_path}/roster.csv:4: alan is already on line 2" in err
+
+
+def test_the_cli_needs_a_token(tmp_path, capsys, monkeypatch):
+    from campushub.cli import main
+
+    monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)
+    assert main(["course", "plan", str(write(tmp_path))]) == 2
+    assert "no hub token: give --token-file FILE or set JUPYTERHUB_API_TOKEN" in capsys.readouterr().err
