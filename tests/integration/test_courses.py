@@ -5,8 +5,10 @@ an interrupted apply, bad input, and retiring with an archive."""
 from __future__ import annotations
 
 import grp
+import html
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -102,6 +104,17 @@ def as_user(user: str, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True, timeout=30)
 
 
+def form_fields(page: str) -> list[tuple[str, str]]:
+    """The named inputs of a page's form (hidden ones and checked boxes), as a browser would post them."""
+    fields = []
+    for tag in re.findall(r"<input\b[^>]*>", page):
+        name, value = re.search(r'name="([^"]*)"', tag), re.search(r'value="([^"]*)"', tag)
+        kind = re.search(r'type="([^"]*)"', tag)
+        if name and (not kind or kind.group(1) != "checkbox" or "checked" in tag):
+            fields.append((name.group(1), html.unescape(value.group(1) if value else "")))
+    return fields
+
+
 def group(hub, name, token):
     r = hub.api("GET", f"/groups/{name}", token)
     return r.json() if r.status_code == 200 else None
@@ -174,6 +187,15 @@ def test_staff_reach_their_own_students_servers_only(hub, applied):
         assert hub.user_get(erin, "api/status", own[Y_STAFF]).status_code == 200
         assert hub.user_get(bob, "api/status", own["chub-carol"]).status_code == 403  # students: not each other's
         assert hub.user_get(bob, "api/status", own[bob]).status_code == 200
+        # in a browser too: the hub's OAuth hands the server a token that opens it
+        staff_browser = hub.login(X_STAFF)
+        page = staff_browser.get(f"{hub.url}/user/{bob}/lab", timeout=60)
+        # the hub asks before it lets anyone into another's server: the staff member confirms
+        assert page.status_code == 200 and "/hub/api/oauth2/authorize" in page.url, (page.status_code, page.url)
+        page = staff_browser.post(page.url, data=form_fields(page.text), timeout=60)
+        assert page.status_code == 200 and page.url.endswith(f"/user/{bob}/lab"), (page.status_code, page.url)
+        assert staff_browser.get(f"{hub.url}/user/{bob}/api/status", timeout=30).status_code == 200
+        assert hub.login(Y_STAFF).get(f"{hub.url}/user/{bob}/lab", timeout=60).status_code == 403
         # list and read: only their own course's students
         listed = {u["name"] for u in hub.api("GET", "/users", own[X_STAFF]).json()}
         assert set(X_STUDENTS) <= listed <= {*X_STUDENTS, X_STAFF}, listed
