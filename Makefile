@@ -126,3 +126,10 @@ bench: test-system-packages install singleuser-env
 .PHONY: bench-scheduler
 bench-scheduler: install
 	$(VENV)/bin/python -m benchmarks.scheduler $(BENCH_ARGS)
+
+# Courses benchmark (as root, a few minutes): `campushub course apply` of a 1,000-student roster against a real
+# hub, then again with nothing to change (targets 15 s and 2 s), beside one REST call per student.
+# BENCH_ARGS="--write docs/benchmarks.md" refreshes its section of the results page; --rounds 1 for a quick check.
+.PHONY: bench-courses
+bench-courses: install
+	$(VENV)/bin/python -m benchmarks.courses $(BENCH_ARGS)

@@ -325,6 +325,18 @@ def cmd_schedule(args) -> int:
     return 0
 
 
+def cmd_course(args) -> int:
+    from .courses import CourseError
+    from .courses.cli import run_command
+
+    try:
+        return run_command(args)
+    except CourseError as e:
+        if len(e.problems) == 1:
+            raise CommandError(e.problems[0]) from None
+        raise CommandError("\n  ".join([f"{len(e.problems)} problems; nothing was changed:", *e.problems])) from None
+
+
 # --- the parser -----------------------------------------------------------------------------
 
 
@@ -392,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .scheduler import client
 
     client.add_parser(commands, site_option, cmd_schedule)
+
+    from .courses import cli as course_cli
+
+    course_cli.add_parser(commands, site_option, cmd_course)
     return parser
 
 

@@ -296,7 +296,24 @@ def apply_services(c: Config, site: Site, state: StateDir) -> None:
             "access:services!service=scheduler",
         ]
     c.JupyterHub.services = services
-    c.JupyterHub.load_roles = roles
+    c.JupyterHub.load_roles = roles + course_roles(state)
+
+
+def apply_courses(c: Config, site: Site, state: StateDir) -> None:
+    """A course's staff may open its students' servers (campushub.courses.access)."""
+    from .courses.access import course_access_scopes
+
+    c.Spawner.pre_spawn_hook = course_access_scopes
+
+
+def course_roles(state: StateDir) -> list[dict]:
+    """The staff role of every course applied on this hub (campushub.courses.roles: made from ids only)."""
+    from .courses.roles import course_roles as roles_of
+
+    try:
+        return roles_of(state.path)
+    except ValueError as e:
+        raise SiteError([str(e)]) from None
 
 
 @cache  # JupyterHub's list loads its entry points; a hub start validates the site file twice
@@ -369,6 +386,7 @@ def hub_config(site: Site) -> Config:
         apply_culling,
         apply_server_environment,
         apply_services,
+        apply_courses,
         apply_extra,
     ):
         apply(c, site, state)

@@ -1,0 +1,75 @@
+"""The staff role of each course: JupyterHub scopes filtered to that course's students group.
+
+JupyterHub 6 has no REST API for roles: roles come from its config (`load_roles`), read at start, and a
+role that is no longer in the config is deleted at the next start. So `apply` writes the course's id
+into <state_dir>/course-roles.yaml, and the hub config (campushub.hubconfig) turns every id there into
+the role below, given to the group course-<id>-staff. The file holds ids only: the scopes are made
+here, so the file cannot grant anything else. A NEW course's role takes effect when the hub restarts
+(users' servers keep running across a restart); staff joining or leaving an existing course, grants
+and students take effect at once (they are group memberships and properties).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import yaml
+
+ROLES_FILE = "course-roles.yaml"
+COURSE_ID = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
+
+
+def staff_scopes(course_id: str) -> list[str]:
+    students = f"group=course-{course_id}-students"
+    return [
+        f"access:servers!{students}",  # open the students' servers (their JupyterLab)
+        f"admin:servers!{students}",  # start and stop them
+        f"list:users!{students}",
+        f"read:users!{students}",
+        f"read:groups!{students}",  # the roster, as the hub knows it
+    ]
+
+
+def staff_role(course_id: str) -> dict:
+    return {
+        "name": f"course-{course_id}-staff",
+        "description": f"Staff of course {course_id}: its students' servers and user records, nothing else",
+        "scopes": staff_scopes(course_id),
+        "groups": [f"course-{course_id}-staff"],
+    }
+
+
+def roles_file(state_dir: Path) -> Path:
+    return Path(state_dir) / ROLES_FILE
+
+
+def course_ids(state_dir: Path) -> list[str]:
+    """The courses whose staff roles the hub loads; a malformed file is an error, not silently empty."""
+    path = roles_file(state_dir)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        return []
+    ids = data.get("courses", []) if isinstance(data, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) and COURSE_ID.match(i) for i in ids):
+        raise ValueError(f"{path}: expected 'courses:' and a list of course ids")
+    return sorted(set(ids))
+
+
+def course_roles(state_dir: Path) -> list[dict]:
+    return [staff_role(i) for i in course_ids(state_dir)]
+
+
+def write_course_ids(state_dir: Path, ids: list[str]) -> None:
+    """Replace the list atomically (a killed apply leaves the old file or the new, never half)."""
+    path = roles_file(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    text = "# Courses whose staff role the hub loads at start; written by `campushub course apply|retire`.\n"
+    text += yaml.safe_dump({"courses": sorted(set(ids))})
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
