@@ -348,9 +348,7 @@ class Scheduler:
                         raise ScheduleError(str(e)) from None
                     # withdrawn since the schedule was made: the owner's default profile, said so
                     request = resolve_request({}, profiles=profiles, granted=granted, defaults=self.site.spawner.slurm)
-                    run.note = (
-                        f"profile {schedule.profile!r} is no longer granted to you: ran with {request.profile!r}"
-                    )
+                    run.note = f"profile {schedule.profile!r} is no longer granted to you: ran with {request.profile!r}"
             notebook = await self.notebook_bytes(run.owner, schedule.notebook)
             check_parameters(run.parameters, inspect_parameters(notebook))
             notebook = with_kernel(notebook)
