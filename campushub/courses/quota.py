@@ -21,6 +21,7 @@ and AccountingStorageTRES=gres/gpu. `accounting_available()` checks these.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import subprocess
 from collections.abc import Iterable
@@ -300,9 +301,60 @@ def set_gpu_limit(account: str, per_user: int | None, total: int | None, dry_run
     return changes
 
 
+def _unix_uid(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+def _controller_uids(account: str, users: list[str]) -> dict[str, int]:
+    """The uid slurmctld holds for each user's association with the account (scontrol show assoc_mgr);
+    empty when it cannot be asked: then nothing is renewed."""
+    if not users:
+        return {}
+    proc = _run("scontrol", "show", "assoc_mgr", f"accounts={account}", f"users={','.join(users)}", "flags=assoc")
+    if proc.returncode != 0:
+        return {}
+    found = re.finditer(rf"\bAccount={re.escape(account)} UserName=([^\s(]+)\((\d+)\)", proc.stdout)
+    return {m.group(1): int(m.group(2)) for m in found}
+
+
+def _leave_default_account(account: str, users: list[str], dry_run: bool) -> list[str]:
+    """Users whose default account is this one, and who have another, get that other one as their default:
+    Slurm refuses to remove a user's default account while the user has others."""
+    if not users:
+        return []
+    defaults = {
+        row[0]: row[1]
+        for row in _query("show", "user", "where", f"name={','.join(users)}", "format=user,defaultaccount")
+        if len(row) > 1
+    }
+    leaving = [u for u in users if defaults.get(u) == account]
+    if not leaving:
+        return []
+    others: dict[str, set[str]] = {}
+    for row in _query("show", "association", "where", f"user={','.join(leaving)}", "format=user,account"):
+        if len(row) > 1 and row[1] != account:
+            others.setdefault(row[0], set()).add(row[1])
+    changes = []
+    for user in leaving:
+        if user in others:
+            new = sorted(others[user])[0]
+            if not dry_run:
+                _change("modify", "user", "where", f"name={user}", "set", f"defaultaccount={new}")
+            changes.append(f"make {new} the default Slurm account of {user} instead of {account}")
+    return changes
+
+
 def set_members(account: str, users: Iterable[str], dry_run: bool = False) -> list[str]:
     """Exactly these users have an association with the account: missing ones are added, others removed.
-    A user being removed must have no job running or pending under the account (Slurm refuses)."""
+    A user being removed must have no job running or pending under the account (Slurm refuses).
+
+    slurmctld learns a user's uid when the association is added: one added before the user's unix
+    account existed (a roster applied before the first login that creates it), or before the account
+    was made again with another uid, takes no job. Those are renewed (deleted and added again): run the
+    apply again once students have logged in for the first time."""
     _check_account(account)
     wanted = set(_check_users(users))
     state = account_state(account)
@@ -310,7 +362,21 @@ def set_members(account: str, users: Iterable[str], dry_run: bool = False) -> li
         raise QuotaError(f"there is no Slurm account {account}: ensure_account first")
     current = state.members if state else frozenset()
     add, remove = sorted(wanted - current), sorted(current - wanted)
+    kept = sorted(wanted & current)
+    unix = {u: _unix_uid(u) for u in kept}
+    held = _controller_uids(account, [u for u in kept if unix[u] is not None])
+    renew = [u for u in kept if unix[u] is not None and u in held and held[u] != unix[u]]
     changes = []
+    for i in range(0, len(renew), MEMBERS_PER_CALL):
+        chunk = renew[i : i + MEMBERS_PER_CALL]
+        if not dry_run:
+            _change("delete", "user", "where", f"name={','.join(chunk)}", f"account={account}")
+            _change("add", "user", f"name={','.join(chunk)}", f"account={account}")
+    if renew:
+        changes.append(
+            f"renew the association of {len(renew)} user{'s' if len(renew) != 1 else ''} with Slurm account "
+            f"{account}, made before their unix account: {', '.join(renew)}"
+        )
     for i in range(0, len(add), MEMBERS_PER_CALL):
         chunk = add[i : i + MEMBERS_PER_CALL]
         if not dry_run:
@@ -319,6 +385,13 @@ def set_members(account: str, users: Iterable[str], dry_run: bool = False) -> li
         changes.append(
             f"add {len(add)} user{'s' if len(add) != 1 else ''} to Slurm account {account}: {', '.join(add)}"
         )
+        later = [u for u in add if _unix_uid(u) is None]
+        if later:
+            changes.append(
+                f"  {len(later)} of them without a unix account yet: apply again after their first login "
+                f"({', '.join(later)})"
+            )
+    changes += _leave_default_account(account, remove, dry_run)
     for i in range(0, len(remove), MEMBERS_PER_CALL):
         chunk = remove[i : i + MEMBERS_PER_CALL]
         if not dry_run:
@@ -336,7 +409,9 @@ def remove_account(name: str, dry_run: bool = False) -> list[str]:
     the account are running or pending: stop the course's servers first."""
     _check_account(name)
     changes = []
-    if account_state(name) is not None:
+    state = account_state(name)
+    if state is not None:
+        changes += _leave_default_account(name, sorted(state.members), dry_run)
         if not dry_run:
             _change("delete", "account", "where", f"name={name}")
         changes.append(f"remove Slurm account {name} and its users' associations with it")

@@ -14,7 +14,7 @@ import pytest
 
 from campushub.courses import quota
 from tests.cluster.hub import running_hub, slurm_site
-from tests.cluster.slurm import wait_for
+from tests.cluster.slurm import DEFAULT_ACCOUNT, wait_for
 from tests.cluster.users import create_users, remove_user
 
 ACCOUNT = "course-test"
@@ -165,6 +165,30 @@ def test_a_terminal_job_beside_a_running_server_is_held(hub, slurm, tokens):
     slurm.cmd("scancel", job)
     for user in (ADA, BEN):
         hub.stop_server(user, tokens[user])
+
+
+def test_a_student_whose_unix_account_came_after_the_apply_is_renewed_by_the_next_apply(slurm, course, students):
+    late = "chub-quota-cy"
+    remove_user(late)
+    try:
+        changes = quota.set_members(ACCOUNT, [*students, late])
+        assert any("without a unix account yet" in c for c in changes), changes
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", late], check=True)  # its first login
+        r = sbatch_from_a_terminal(slurm, late, f"--account={ACCOUNT}")
+        assert r.returncode != 0 and "Invalid account" in r.stderr, r.stderr  # Slurm knew no uid for the name
+        assert quota.set_members(ACCOUNT, [*students, late]) == [
+            f"renew the association of 1 user with Slurm account {ACCOUNT}, made before their unix account: {late}"
+        ]
+        wait_state(slurm, submit(slurm, late, f"--account={ACCOUNT}"), "RUNNING")
+        cancel_jobs(slurm, [late])
+        # the course is its default account; given another (a site's account sync), it can leave the course
+        slurm.add_users([late])
+        assert quota.set_members(ACCOUNT, students) == [
+            f"make {DEFAULT_ACCOUNT} the default Slurm account of {late} instead of {ACCOUNT}",
+            f"remove 1 user from Slurm account {ACCOUNT}: {late}",
+        ]
+    finally:
+        remove_user(late)
 
 
 def test_a_retired_account_takes_no_jobs_and_its_removal_is_done_once(slurm, course, hub, tokens, students):

@@ -16,6 +16,9 @@ state = json.load(open(os.environ["FAKE_STATE"]))
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write(json.dumps([os.path.basename(sys.argv[0]), *sys.argv[1:]]) + "\\n")
 args = sys.argv[1:]
+if os.path.basename(sys.argv[0]) == "scontrol" and "assoc_mgr" in args:
+    print(state.get("assoc_mgr", ""))
+    sys.exit(0)
 if os.path.basename(sys.argv[0]) == "scontrol":
     print("\\n".join(f"{k} = {v}" for k, v in state["config"].items()))
     sys.exit(0)
@@ -43,8 +46,9 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setattr(quota, "ENV_KEYS", (*quota.ENV_KEYS, "FAKE_STATE", "FAKE_LOG"))
 
     class Fake:
-        def set(self, show=None, config=None, change_rc=0):
-            state_file.write_text(json.dumps({"show": show or {}, "config": config or {}, "change_rc": change_rc}))
+        def set(self, show=None, config=None, change_rc=0, assoc_mgr=""):
+            state = {"show": show or {}, "config": config or {}, "change_rc": change_rc, "assoc_mgr": assoc_mgr}
+            state_file.write_text(json.dumps(state))
             log.write_text("")
 
         def changes(self) -> list[list[str]]:
@@ -88,12 +92,29 @@ def test_members_are_added_and_removed_in_one_call_each(fake):
     changes = quota.set_members("course-ml", ["bob", "cy"])
     assert changes == [
         "add 2 users to Slurm account course-ml: bob, cy",
+        "  2 of them without a unix account yet: apply again after their first login (bob, cy)",
         "remove 1 user from Slurm account course-ml: ada",
     ]
     assert fake.changes() == [
         ["-i", "add", "user", "name=bob,cy", "account=course-ml"],
         ["-i", "delete", "user", "where", "name=ada", "account=course-ml"],
     ]
+
+
+def test_an_association_made_before_the_unix_account_is_renewed(fake):
+    # root's association with the account was made while slurmctld knew no uid for the name
+    show = dict(ACCOUNT, association=[*ACCOUNT["association"], "course-ml|root|||course-ml|course-ml"])
+    held = "ClusterName=c Account=course-ml UserName=root(4294967294) Partition= Priority=0 ID=7"
+    fake.set(show=show, assoc_mgr=held)
+    assert quota.set_members("course-ml", ["ada", "root"]) == [
+        "renew the association of 1 user with Slurm account course-ml, made before their unix account: root"
+    ]
+    assert fake.changes() == [
+        ["-i", "delete", "user", "where", "name=root", "account=course-ml"],
+        ["-i", "add", "user", "name=root", "account=course-ml"],
+    ]
+    fake.set(show=show, assoc_mgr=held.replace("4294967294", "0"))
+    assert quota.set_members("course-ml", ["ada", "root"]) == []
 
 
 def test_a_plan_changes_nothing(fake):
