@@ -22,7 +22,9 @@ DEMO_PACKAGES := python3-venv $(NODE_PACKAGES)
 # chromium: the browser of the end-to-end tests (Playwright drives /usr/bin/chromium).
 # podman, runc, uidmap, slirp4netns: a user's server in a rootless podman container (tests/integration/test_podman.py).
 # postgresql: the scheduler's store on PostgreSQL; the tests run a throwaway server of their own (tests/cluster/postgres.py).
-TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo chromium podman runc uidmap slirp4netns postgresql
+# slurmdbd, mariadb-server: the test cluster's accounting, which holds course GPU quotas (tests/cluster/slurm.py).
+TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo chromium podman runc uidmap slirp4netns postgresql \
+	slurmdbd mariadb-server
 
 .PHONY: help demo check test hooks lock install system-packages test-system-packages singleuser-env clean clean-demo-state
 

@@ -25,7 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 GROUP_PROPERTY = "campushub_profiles"
 OPTION_KEYS = ("profile", "gpus", "hours")
 
-SlurmName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+# A hub group's property naming the Slurm account its members' servers are charged to (a course's students).
+ACCOUNT_PROPERTY = "campushub_slurm_account"
+
+SLURM_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+SlurmName = Annotated[str, Field(pattern=SLURM_NAME)]
 WALLTIME = r"(?:([0-9]+)-)?([0-9]{1,2}):([0-9]{2}):([0-9]{2})"  # Slurm's [days-]hours:minutes:seconds
 Walltime = Annotated[str, Field(pattern=f"^{WALLTIME}$")]
 Memory = Annotated[str, Field(pattern=r"^[1-9][0-9]*[KMGT]?$")]
@@ -153,6 +157,26 @@ def granted_profiles(
         if isinstance(slugs, list):
             by_property |= {s for s in slugs if isinstance(s, str)}
     return [p for p in profiles if admin or p.everyone or set(p.groups) & set(groups) or p.slug in by_property]
+
+
+def group_slurm_account(groups: Mapping[str, Mapping[str, Any]]) -> tuple[str | None, list[str]]:
+    """The Slurm account that the user's hub groups name (property campushub_slurm_account), and the
+    problems found: (account or None, problems). `groups` maps each group to its properties.
+
+    A user in several groups that name an account is charged to the account of the group whose name
+    sorts first; a value that is not a Slurm name is passed over, and named among the problems."""
+    account, problems = None, []
+    for group in sorted(groups):
+        value = (groups[group] or {}).get(ACCOUNT_PROPERTY)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not re.fullmatch(SLURM_NAME, value):
+            problems.append(f"group {group}'s {ACCOUNT_PROPERTY} {value!r} is not a Slurm account name: passed over")
+        elif account is None:
+            account = value
+        elif value != account:
+            problems.append(f"group {group}'s {ACCOUNT_PROPERTY} {value!r} is passed over for {account!r}")
+    return account, problems
 
 
 def default_profile(granted: list[Profile]) -> Profile:

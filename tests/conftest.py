@@ -39,15 +39,21 @@ def to_terminal(config: pytest.Config, line: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def slurm(root_required):
-    for tool in ("slurmctld", "slurmd", "munged", "sudo"):
+def slurm(root_required, request):
+    for tool in ("slurmctld", "slurmd", "munged", "sudo", "slurmdbd", "mariadbd", "mariadb-install-db"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             pytest.fail(f"{tool} is not installed: `make test` installs it")
     root = Path(tempfile.mkdtemp(prefix="campushub-slurm-"))
     cluster = SlurmCluster(root)
     os.environ["SLURM_CONF"] = str(cluster.conf)
     try:
-        yield cluster.start()
+        cluster.start()
+        took = cluster.startup_seconds
+        to_terminal(
+            request.config,
+            f"test Slurm cluster up in {took['total']:.1f} s (of which MariaDB and slurmdbd {took.get('accounting', 0):.1f} s)",
+        )
+        yield cluster
     finally:
         cluster.stop()
         os.environ.pop("SLURM_CONF", None)

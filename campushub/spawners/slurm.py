@@ -42,6 +42,7 @@ from ..profiles import (
     duration_words,
     gpu_words,
     granted_profiles,
+    group_slurm_account,
     options_form,
     options_from_form,
     resolve_request,
@@ -613,11 +614,21 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         ]  # fmt: skip
         if request.gres:
             args.append(f"--gres={request.gres}")
-        if self.slurm.account:
-            args.append(f"--account={self.slurm.account}")
+        account = self.slurm_account()
+        if account:
+            args.append(f"--account={account}")
         if self.slurm.qos:
             args.append(f"--qos={self.slurm.qos}")
         return args
+
+    def slurm_account(self) -> str | None:
+        """The account the job is charged to: the one the user's hub groups name (campushub_slurm_account,
+        a course's students group; in several, the group whose name sorts first), else spawner.slurm.account."""
+        groups = {g.name: dict(g.properties or {}) for g in self.user.groups}
+        account, problems = group_slurm_account(groups)
+        for problem in problems:
+            self.log.warning("Slurm account of %s: %s", self.user.name, problem)
+        return account or self.slurm.account
 
     def render_batch_script(self) -> str:
         request = self.job_request

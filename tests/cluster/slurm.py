@@ -3,11 +3,20 @@
 munged, slurmctld and slurmd are the real daemons from Debian's packages. The cluster has its own
 munged (own socket, the machine's key), ports and config file (exported as SLURM_CONF), so it never
 touches a Slurm or munged already on the machine, nor another test cluster.
+
+With accounting (the default), the cluster also runs slurmdbd on a MariaDB server of its own (own
+data folder, socket and port, run as the mysql user), and slurmctld enforces associations, limits
+and QOS, with gres/gpu counted as a TRES: a course account's GPU limit holds as on a site's cluster.
+Every job then needs an association: each test user gets one in the account DEFAULT_ACCOUNT, the
+accounts there at the cluster's start, those tests/cluster/users.py creates later (`add_slurm_users`),
+and those a hub creates at login when a test calls `add_users` for them before their first job.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -17,6 +26,19 @@ from pathlib import Path
 NODE_CPUS = 8  # more than the machine has (config_overrides): room for several single-CPU servers
 NODE_MEMORY_MB = 16000
 FAKE_GPUS = 4
+CLUSTER_NAME = "campushub-test"
+DEFAULT_ACCOUNT = "campushub-tests"  # every test user's default account: no limits
+DB_NAME = "slurm_acct_db"
+DB_USER = "slurmdbd"
+
+
+ACTIVE: SlurmCluster | None = None  # the cluster started last, until it stops
+
+
+def add_slurm_users(names) -> None:
+    """Associations for new unix accounts in the running test cluster, if one runs with accounting."""
+    if ACTIVE is not None:
+        ACTIVE.add_users(names)
 
 
 def free_port() -> int:
@@ -40,10 +62,18 @@ def run(*argv: str, check=True, **kw) -> subprocess.CompletedProcess:
 
 
 class SlurmCluster:
-    def __init__(self, root: Path, cpus: int = NODE_CPUS, memory_mb: int = NODE_MEMORY_MB):
+    def __init__(self, root: Path, cpus: int = NODE_CPUS, memory_mb: int = NODE_MEMORY_MB, accounting: bool = True):
         self.root = Path(root)
         self.cpus = cpus
         self.memory_mb = memory_mb
+        self.accounting = accounting
+        self.db_port = free_port()
+        self.dbd_port = free_port()
+        self.db_password = secrets.token_hex(16)
+        self.db_dir = self.root / "mariadb"
+        self.db_socket = self.db_dir / "mariadb.sock"
+        self.startup_seconds: dict[str, float] = {}
+        self.associated: dict[str, int] = {}  # user name -> the uid its association was made for
         self.node = socket.gethostname().split(".")[0]
         self.conf = self.root / "slurm.conf"
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
@@ -58,7 +88,11 @@ class SlurmCluster:
         self.root.chmod(0o755)
         self.write_config()
         log = self.root / "log"
+        begin = time.monotonic()
         self.start_munge()
+        if self.accounting:
+            self.start_accounting()
+            self.startup_seconds["accounting"] = time.monotonic() - begin
         self.daemons.append(subprocess.Popen(
             ["slurmctld", "-D", "-i", "-f", str(self.conf)], env=self.env,
             stdout=open(log / "slurmctld.out", "w"), stderr=subprocess.STDOUT,
@@ -69,6 +103,11 @@ class SlurmCluster:
             stdout=open(log / "slurmd.out", "w"), stderr=subprocess.STDOUT,
         ))  # fmt: skip
         wait_for(self.node_idle, 60, f"node {self.node} to be idle")
+        if self.accounting:
+            self.add_existing_users()
+        self.startup_seconds["total"] = time.monotonic() - begin
+        global ACTIVE
+        ACTIVE = self
         return self
 
     def cancel_all(self, timeout: float = 60) -> None:
@@ -80,7 +119,10 @@ class SlurmCluster:
             pass
 
     def stop(self) -> None:
-        if len(self.daemons) > 1 and self.daemons[1].poll() is None:
+        global ACTIVE
+        if ACTIVE is self:
+            ACTIVE = None
+        if self.cmd("scontrol", "ping", check=False).returncode == 0:
             self.cancel_all()
         for proc in reversed(self.daemons):
             proc.terminate()
@@ -123,6 +165,16 @@ SchedulerParameters=bf_interval=2
 NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} Gres=gpu:{FAKE_GPUS} State=UNKNOWN
 PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """)
+        if self.accounting:
+            with open(self.conf, "a") as conf:
+                conf.write(f"""\
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort={self.dbd_port}
+AccountingStoragePass={self.munge_socket}
+AccountingStorageTRES=gres/gpu
+AccountingStorageEnforce=associations,limits,qos
+""")
         (r / "gres.conf").write_text(f"NodeName={self.node} Name=gpu File=/dev/tty[0-{FAKE_GPUS - 1}]\n")
         for f in (self.conf, r / "gres.conf"):
             f.chmod(0o644)
@@ -143,6 +195,96 @@ PartitionName=gpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
             stdout=open(self.root / "log" / "munged.out", "w"), stderr=subprocess.STDOUT,
         ))  # fmt: skip
         wait_for(self.munge_works, 20, "munged")
+
+    # --- accounting: MariaDB and slurmdbd ---
+
+    def start_accounting(self) -> None:
+        """MariaDB with the accounting database, slurmdbd, and the cluster with its default account."""
+        self.start_mariadb()
+        r = self.root
+        dbd_conf = r / "slurmdbd.conf"  # slurmdbd reads it next to SLURM_CONF
+        fd = os.open(dbd_conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the database password
+        with open(fd, "w") as f:
+            f.write(f"""\
+AuthType=auth/munge
+AuthInfo=socket={self.munge_socket}
+DbdHost={self.node}
+DbdAddr=127.0.0.1
+DbdPort={self.dbd_port}
+SlurmUser=root
+LogFile={r}/log/slurmdbd.log
+PidFile={r}/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={self.db_port}
+StorageUser={DB_USER}
+StoragePass={self.db_password}
+StorageLoc={DB_NAME}
+""")
+        self.daemons.append(subprocess.Popen(
+            ["slurmdbd", "-D"], env=self.env,
+            stdout=open(r / "log" / "slurmdbd.out", "w"), stderr=subprocess.STDOUT,
+        ))  # fmt: skip
+        try:
+            wait_for(lambda: self.sacctmgr("show", "cluster", check=False).returncode == 0, 20, "slurmdbd")
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}: {self.sacctmgr('show', 'cluster', check=False).stderr.strip()}") from None
+        self.sacctmgr("add", "cluster", CLUSTER_NAME)
+        self.sacctmgr("add", "account", DEFAULT_ACCOUNT, "description=CampusHub tests", "organization=campushub")
+
+    def start_mariadb(self) -> None:
+        folder, data = self.db_dir, self.db_dir / "data"
+        folder.mkdir(mode=0o750)
+        shutil.chown(folder, "mysql", "mysql")
+        installed = run(
+            "mariadb-install-db", "--no-defaults", "--user=mysql", f"--datadir={data}", "--skip-test-db",
+            "--auth-root-authentication-method=socket", "--skip-name-resolve", check=False,
+        )  # fmt: skip
+        if installed.returncode != 0:
+            raise RuntimeError(f"mariadb-install-db failed: {installed.stdout}{installed.stderr}")
+        self.daemons.append(subprocess.Popen(
+            ["/usr/sbin/mariadbd", "--no-defaults", "--user=mysql", f"--datadir={data}",
+             f"--socket={self.db_socket}", f"--port={self.db_port}", "--bind-address=127.0.0.1",
+             f"--pid-file={folder / 'mariadbd.pid'}", f"--log-error={folder / 'mariadbd.err'}",
+             "--skip-name-resolve", "--skip-log-bin", "--innodb-flush-log-at-trx-commit=0",
+             "--innodb-doublewrite=0", "--innodb-buffer-pool-size=128M", "--innodb-lock-wait-timeout=900"],
+            stdout=open(self.root / "log" / "mariadbd.out", "w"), stderr=subprocess.STDOUT,
+        ))  # fmt: skip
+        wait_for(lambda: self.sql("SELECT 1", check=False).returncode == 0, 60, "MariaDB")
+        self.sql(
+            f"CREATE DATABASE {DB_NAME}; "
+            f"CREATE USER '{DB_USER}'@'127.0.0.1' IDENTIFIED BY '{self.db_password}'; "
+            f"GRANT ALL ON {DB_NAME}.* TO '{DB_USER}'@'127.0.0.1';"
+        )
+
+    def sql(self, statements: str, check=True) -> subprocess.CompletedProcess:
+        """SQL as MariaDB's root, over the unix socket."""
+        return run(
+            "mariadb", "--no-defaults", f"--socket={self.db_socket}", "-u", "root", "-e", statements, check=check
+        )
+
+    def sacctmgr(self, *args: str, check=True) -> subprocess.CompletedProcess:
+        return self.cmd("sacctmgr", "-i", *args, check=check)
+
+    def add_users(self, names) -> None:
+        """Associations in DEFAULT_ACCOUNT for these unix accounts (which must exist): with accounting, Slurm
+        takes jobs of users with an association only. slurmctld learns a user's uid when the association is
+        added: a user removed and made again with another uid gets its associations made anew."""
+        if not self.accounting:
+            return
+        uids = {name: pwd.getpwnam(name).pw_uid for name in names}
+        stale = sorted(n for n, uid in uids.items() if self.associated.get(n, uid) != uid)
+        new = sorted(n for n in uids if self.associated.get(n) != uids[n])
+        if stale:
+            self.sacctmgr("delete", "user", "where", f"name={','.join(stale)}")
+        if new:
+            self.sacctmgr("add", "user", f"name={','.join(new)}", f"account={DEFAULT_ACCOUNT}")
+        self.associated.update(uids)
+
+    def add_existing_users(self) -> None:
+        """Associations for the machine's ordinary accounts (uid 1000 to 59999) already there, such as the
+        test users made before the cluster started."""
+        self.add_users(p.pw_name for p in pwd.getpwall() if 1000 <= p.pw_uid < 60000)
 
     # --- commands ---
 

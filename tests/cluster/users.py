@@ -8,11 +8,14 @@ import subprocess
 import time
 from pathlib import Path
 
+from .slurm import add_slurm_users
+
 
 def create_users(names: list[str]) -> list[pwd.struct_passwd]:
     for name in names:
         remove_user(name)  # a leftover of an interrupted run starts clean
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+    add_slurm_users(names)  # with accounting, a user's jobs need an association
     return [pwd.getpwnam(n) for n in names]
 
 

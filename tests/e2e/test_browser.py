@@ -88,6 +88,7 @@ def test_a_researcher_signs_in_starts_a_gpu_server_and_runs_code(hub, idp, slurm
     assert urlsplit(page.url).path in ("/hub/spawn", f"/hub/spawn/{USER}"), page.url
     account = pwd.getpwnam(USER)
     assert account.pw_uid >= 1000
+    slurm.add_users([USER])  # the account's Slurm association, as a site's account sync would make it
     offered = page.locator('input[name="profile"]')
     assert [offered.nth(i).get_attribute("value") for i in range(offered.count())] == ["cpu", "gpu-1"]
     expect(page.get_by_text("One GPU")).to_be_visible()

@@ -117,6 +117,27 @@ def test_sbatch_options_are_separate_arguments():
         assert option in args
 
 
+def test_a_course_groups_slurm_account_is_charged_before_the_sites():
+    s = spawner(account="campus")
+    s.user.groups = [
+        SimpleNamespace(name="course-ml-students", properties={"campushub_slurm_account": "course-ml"}),
+        SimpleNamespace(name="researchers", properties={"campushub_profiles": ["gpu-1"]}),
+    ]
+    args = s.sbatch_args()
+    assert "--account=course-ml" in args and "--account=campus" not in args
+
+
+def test_in_several_course_groups_the_group_sorting_first_names_the_account(caplog):
+    s = spawner(account="campus")
+    s.user.groups = [
+        SimpleNamespace(name="course-b-students", properties={"campushub_slurm_account": "course-b"}),
+        SimpleNamespace(name="course-a-students", properties={"campushub_slurm_account": "course-a"}),
+        SimpleNamespace(name="aaa-bad", properties={"campushub_slurm_account": "course x; rm -rf /"}),
+    ]
+    assert s.slurm_account() == "course-a"
+    assert "is not a Slurm account name" in caplog.text and "passed over for 'course-a'" in caplog.text
+
+
 def test_the_batch_script_quotes_every_word():
     script = spawner(python_env="/opt/env with space", prologue="module load cuda").render_batch_script()
     lines = script.splitlines()
