@@ -118,6 +118,7 @@ def test_the_hubs_pages_as_a_campus_user_sees_them(hub, idp, slurm, page, artifa
     page.wait_for_url(f"{hub.url}/hub/login**")
     sign_in(page, idp, SUB)
     page.wait_for_url(f"{hub.url}/hub/spawn**")
+    slurm.add_users([USER])  # the account the login made gets its Slurm association, as a site's sync would
     expect(page.get_by_role("heading", name="Choose resources for your server")).to_be_visible()
     offered = page.locator('input[name="profile"]')
     assert [offered.nth(i).get_attribute("value") for i in range(offered.count())] == [
