@@ -144,7 +144,7 @@ def test_a_spawn_over_the_limit_waits_and_the_spawn_page_says_why(hub, slurm, to
     r = hub.spawn(ADA, tokens[ADA], profile="course-gpu")
     assert r.status_code == 202, r.text  # still waiting after the hub's 10 s
     events = hub.progress(ADA, tokens[ADA], timeout=60, until=lambda e: HELD in e.get("message", ""))
-    assert "Waiting: the GPU limit of your account or group is reached (QOSMaxGRESPerUser)" in events[-1]["message"]
+    assert "is queued: the GPU limit of your account or group is reached (QOSMaxGRESPerUser)" in events[-1]["message"]
     server_job = next(j for j in slurm.jobs_of(ADA) if j["id"] != terminal_job)
     assert job_line(slurm, server_job["id"])[::2] == ("PENDING", ACCOUNT)
 
