@@ -75,29 +75,31 @@ def needs_root(course, what: str) -> None:
 
 
 def cmd_plan(args) -> int:
-    from .plan import check_accounts, diff, read_state, render
+    from .plan import check_accounts, diff, read_state, render, slurm_accounting
 
     site, course, hub = context(args)
     check_accounts(course)
-    steps = diff(course, read_state(hub, course, site.hub.state_dir), site.hub.state_dir)
+    steps = diff(course, read_state(hub, course, site.hub.state_dir), site.hub.state_dir, slurm_accounting(course))
     print(render(course, steps, hub.url))
     return 0
 
 
 def cmd_apply(args) -> int:
-    from .plan import apply, check_accounts, diff, read_state, render
+    from .plan import apply, check_accounts, diff, read_state, render, slurm_accounting
 
     site, course, hub = context(args)
     check_accounts(course)
     needs_root(course, "apply")
-    steps = diff(course, read_state(hub, course, site.hub.state_dir), site.hub.state_dir)
+    accounting = slurm_accounting(course)
+    steps = diff(course, read_state(hub, course, site.hub.state_dir), site.hub.state_dir, accounting)
     changes = [s for s in steps if not s.note]
     if not changes:
         print(render(course, steps, hub.url))
         return 0
     done = apply(hub, steps, say)
     # a second look: what apply did is now the hub's state
-    after = [s for s in diff(course, read_state(hub, course, site.hub.state_dir), site.hub.state_dir) if not s.note]
+    after = diff(course, read_state(hub, course, site.hub.state_dir), site.hub.state_dir, accounting)
+    after = [s for s in after if not s.note and "without a unix account yet" not in s.text]
     print(f"course {course.id}: applied {len(done)} change(s)")
     for line in done:
         print(f"  + {line}")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..profiles import GROUP_PROPERTY
+from ..profiles import ACCOUNT_PROPERTY, GROUP_PROPERTY
 from . import CourseError, folders
 from .hubapi import Hub
 from .manifest import Course
@@ -47,7 +47,8 @@ def read_state(hub: Hub, course: Course, state_dir: Path) -> HubState:
     )
 
 
-def diff(course: Course, state: HubState, state_dir: Path, slurm_accounting: bool = False) -> list[Step]:
+def diff(course: Course, state: HubState, state_dir: Path, accounting=None) -> list[Step]:
+    """`accounting`: Slurm's (`slurm_accounting`), whose course account and GPU limits apply then keeps."""
     m = course.manifest
     steps: list[Step] = []
     students, staff = course.usernames, m.staff.all
@@ -75,13 +76,23 @@ def diff(course: Course, state: HubState, state_dir: Path, slurm_accounting: boo
                               f"{preview(drop)}", lambda hub, say, g=group, d=drop: hub.remove_members(g, d, say)))  # fmt: skip
 
     properties = dict((state.groups.get(m.students_group) or {}).get("properties") or {})
-    if properties.get(GROUP_PROPERTY, []) != list(m.profiles):
-        before = properties.get(GROUP_PROPERTY, [])
-        wanted = {**properties, GROUP_PROPERTY: list(m.profiles)}
-        if not m.profiles:
-            wanted.pop(GROUP_PROPERTY)
-        steps.append(Step("grants", f"grant profiles {list(m.profiles)} to {m.students_group} (was {before}): "
-                          "in effect at the students' next spawn",
+    wanted = {k: v for k, v in properties.items() if k not in (GROUP_PROPERTY, ACCOUNT_PROPERTY)}
+    if m.profiles:
+        wanted[GROUP_PROPERTY] = list(m.profiles)
+    charged = accounting and has_quota(course)
+    if charged:
+        wanted[ACCOUNT_PROPERTY] = m.slurm_account
+    elif ACCOUNT_PROPERTY in properties:
+        wanted[ACCOUNT_PROPERTY] = properties[ACCOUNT_PROPERTY]  # set by an admin: left as it is
+    if wanted != properties:
+        parts = []
+        if wanted.get(GROUP_PROPERTY, []) != properties.get(GROUP_PROPERTY, []):
+            parts.append(
+                f"grant profiles {list(m.profiles)} to {m.students_group} (was {properties.get(GROUP_PROPERTY, [])})"
+            )
+        if wanted.get(ACCOUNT_PROPERTY) != properties.get(ACCOUNT_PROPERTY):
+            parts.append(f"charge {m.students_group}'s servers to Slurm account {m.slurm_account}")
+        steps.append(Step("grants", "; ".join(parts) + ": in effect at the students' next spawn",
                           lambda hub, say, p=wanted: hub.set_properties(m.students_group, p)))  # fmt: skip
 
     staff_group = state.groups.get(m.staff_group)
@@ -106,15 +117,47 @@ def diff(course: Course, state: HubState, state_dir: Path, slurm_accounting: boo
                 text += f"; ... {len(folder_lines) - 3} more"
             steps.append(Step("folders", text, lambda hub, say: folders.ensure_folders(course, say)))
 
-    quota = m.gpu_quota
-    if quota.max_gpus is not None or quota.max_gpus_per_student is not None:
-        limits = f"max_gpus={quota.max_gpus}, max_gpus_per_student={quota.max_gpus_per_student}"
-        if slurm_accounting:
-            steps.append(Step("slurm", f"Slurm account {m.slurm_account}: {limits}"))
+    if has_quota(course):
+        limits = f"max_gpus={m.gpu_quota.max_gpus}, max_gpus_per_student={m.gpu_quota.max_gpus_per_student}"
+        if accounting:
+            changes = slurm_changes(course, dry_run=True)
+            if changes:
+                steps.append(Step("slurm", "; ".join(changes),
+                                  lambda hub, say: [say(f"slurm: {line}") for line in slurm_changes(course)]))  # fmt: skip
         else:
-            steps.append(Step("slurm", f"Slurm account {m.slurm_account} ({limits}): Slurm accounting: not "
-                              "configured on this site", note=True))  # fmt: skip
+            reason = getattr(accounting, "reason", "") or "not configured on this site"
+            steps.append(Step("slurm", f"Slurm account {m.slurm_account} ({limits}): Slurm accounting: {reason}",
+                              note=True))  # fmt: skip
     return steps
+
+
+def has_quota(course: Course) -> bool:
+    quota = course.manifest.gpu_quota
+    return quota.max_gpus is not None or quota.max_gpus_per_student is not None
+
+
+def slurm_accounting(course: Course):
+    """Slurm's accounting, asked only for a course with a GPU quota (None without one)."""
+    if not has_quota(course):
+        return None
+    from .quota import accounting_available
+
+    return accounting_available()
+
+
+def slurm_changes(course: Course, dry_run: bool = False) -> list[str]:
+    """The course's Slurm account, its GPU limits and its members (the students), made so by sacctmgr."""
+    from .quota import QuotaError, ensure_account, set_gpu_limit, set_members
+
+    m = course.manifest
+    try:
+        return [
+            *ensure_account(m.slurm_account, f"CampusHub course {m.id}", dry_run=dry_run),
+            *set_gpu_limit(m.slurm_account, m.gpu_quota.max_gpus_per_student, m.gpu_quota.max_gpus, dry_run=dry_run),
+            *set_members(m.slurm_account, course.usernames, dry_run=dry_run),
+        ]
+    except QuotaError as e:
+        raise CourseError([f"Slurm account {m.slurm_account}: {e}"]) from None
 
 
 def unix_groups(course: Course):

@@ -29,6 +29,8 @@ from . import CourseError
 from .folders import DIR_FLAGS, open_below, open_root_parent
 from .hubapi import Hub
 from .manifest import Course
+from .plan import slurm_accounting
+from .quota import QuotaError, remove_account
 from .roles import course_ids, write_course_ids
 
 Say = Callable[[str], None]
@@ -170,6 +172,9 @@ def retire(course: Course, hub: Hub, state_dir: Path, archive_dir: Path, *, yes:
     if m.folders is not None:
         plan.append(f"archive {m.folders.root} (materials and every student's exchange folder) to {archive}, "
                     "with sha256 checksums, and verify it")  # fmt: skip
+    accounting = slurm_accounting(course)
+    if accounting:
+        plan.append(f"remove Slurm account {m.slurm_account} (its GPU limits and its members' associations)")
     plan += [
         f"remove the role {m.staff_role} ({state_dir}/course-roles.yaml; gone at the hub's next restart)",
         f"remove the grants and memberships: delete groups {m.students_group} ({len(members)} member(s)) "
@@ -195,6 +200,11 @@ def retire(course: Course, hub: Hub, state_dir: Path, archive_dir: Path, *, yes:
             report.append(f"archived {files} file(s) to {archive}; verified against {CHECKSUMS}")
         else:
             report.append(f"{m.folders.root} did not exist: nothing archived")
+    if accounting:
+        try:
+            report += remove_account(m.slurm_account)
+        except QuotaError as e:  # e.g. a job a student submitted from a terminal still runs under it
+            report.append(f"Slurm account {m.slurm_account} stays: {e}; retire again once its jobs have ended")
     remaining = [i for i in course_ids(state_dir) if i != m.id]
     write_course_ids(state_dir, remaining)
     report.append(f"removed the role {m.staff_role} (the hub drops it at its next restart)")

@@ -35,7 +35,8 @@ RETIRE_SCOPES = [*APPLY_SCOPES, "admin:servers"]
 
 
 @pytest.fixture(scope="module")
-def hub(unix_users, tmp_path_factory):
+def hub(slurm, unix_users, tmp_path_factory):
+    """A hub beside the test cluster, whose Slurm accounting keeps the courses' GPU quotas."""
     create_users([OUTSIDER])
     running = RunningHub(
         tmp_path_factory.mktemp("courses-hub"), {"auth": {"admin_users": [ADMIN]}, "scheduler": {"enabled": False}}
@@ -158,20 +159,31 @@ def test_a_bad_manifest_and_roster_list_every_problem_and_change_nothing(hub, to
     assert not (shared / "bad").exists()
 
 
-def test_plan_shows_every_change_and_apply_then_changes_nothing(hub, tokens, shared, applied):
+def slurm_members(slurm, account: str) -> list[str]:
+    out = slurm.cmd("sacctmgr", "-n", "-P", "show", "assoc", "where", f"account={account}", "format=user").stdout
+    return sorted(line for line in out.split() if line)
+
+
+def test_plan_shows_every_change_and_apply_then_changes_nothing(hub, tokens, shared, applied, slurm):
     x = applied["results"]["x"].stdout
     assert "course x: applied" in x
     assert "create group course-x-students with 3 member(s)" in x
     assert "grant profiles ['default'] to course-x-students" in x
     assert "restart the hub for the new role course-x-staff" in x
-    assert "Slurm accounting: not configured on this site" in x
+    assert "add Slurm account course-x under root" in x and "add 3 users to Slurm account course-x" in x
+    assert "set the GPU limit of each user of Slurm account course-x from no limit to 1 GPU" in x
+    assert "charge course-x-students's servers to Slurm account course-x" in x
+    assert slurm_members(slurm, "course-x") == X_STUDENTS
+    qos = slurm.cmd("sacctmgr", "-n", "-P", "show", "qos", "where", "name=course-x", "format=maxtrespu").stdout
+    assert qos.strip() == "gres/gpu=1"
     r = course(hub, "apply", applied["paths"]["x"], tokens["apply"])
     assert r.returncode == 0, r.stderr
     assert "no changes: the hub matches the manifest" in r.stdout, r.stdout
     r = course(hub, "plan", applied["paths"]["x"], tokens["apply"])
-    assert "no changes" in r.stdout and "Slurm account course-x (max_gpus=4, max_gpus_per_student=1)" in r.stdout
+    assert "no changes" in r.stdout, r.stdout
     g = group(hub, "course-x-students", tokens["admin"])
-    assert sorted(g["users"]) == X_STUDENTS and g["properties"] == {"campushub_profiles": ["default"]}
+    assert sorted(g["users"]) == X_STUDENTS
+    assert g["properties"] == {"campushub_profiles": ["default"], "campushub_slurm_account": "course-x"}
     assert group(hub, "course-x-staff", tokens["admin"])["roles"] == ["course-x-staff"]
 
 
@@ -280,7 +292,7 @@ def test_an_interrupted_apply_converges_when_run_again(hub, tokens, applied, tmp
     assert "no changes" in course(hub, "apply", path, tokens["apply"]).stdout
 
 
-def test_retire_archives_verifies_then_removes(hub, tokens, applied, shared, tmp_path):
+def test_retire_archives_verifies_then_removes(hub, tokens, applied, shared, tmp_path, slurm):
     path = applied["paths"]["y"]
     erin = "chub-erin"
     y = shared / "y"
@@ -310,6 +322,8 @@ def test_retire_archives_verifies_then_removes(hub, tokens, applied, shared, tmp
     wait_for(lambda: hub.server(erin, erin_token) is None, 60, "erin's server to stop")
     assert group(hub, "course-y-students", tokens["admin"]) is None
     assert group(hub, "course-y-staff", tokens["admin"]) is None
+    assert "removed Slurm account course-y" in " ".join(report["report"]) or "remove Slurm account course-y" in r.stdout
+    assert slurm_members(slurm, "course-y") == []
     assert "y" not in (Path(hub.site["hub"]["state_dir"]) / "course-roles.yaml").read_text().split()
     assert not y.exists()
     assert Path(f"/home/{erin}").is_dir() and hub.api("GET", f"/users/{erin}", tokens["admin"]).status_code == 200
