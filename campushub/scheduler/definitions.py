@@ -147,7 +147,7 @@ class Definition(BaseModel):
     @classmethod
     def _printable(cls, name: str) -> str:
         if any(ord(ch) < 32 for ch in name):
-            raise ValueError("name: no control characters")
+            raise ValueError("no control characters")
         return name.strip()
 
     @field_validator("notebook")

@@ -62,7 +62,7 @@ def test_a_good_definition_gets_its_defaults():
         ({"alerts": {"webhooks": ["file:///etc/passwd"]}}, "alerts.webhooks"),
         ({"alerts": {"sms": ["+1 555"]}}, "alerts.sms: not a setting of a schedule"),
         ({"owner": "bob"}, "owner: not a setting of a schedule"),
-        ({"name": "x\ny"}, "name"),
+        ({"name": "x\ny"}, "name: no control characters"),
     ],
 )
 def test_a_wrong_field_is_named(body, field):
