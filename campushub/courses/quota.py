@@ -20,12 +20,13 @@ and AccountingStorageTRES=gres/gpu. `accounting_available()` checks these.
 
 from __future__ import annotations
 
-import os
 import pwd
 import re
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from ..spawners.slurm import command_env
 
 # Slurm lowercases account and QOS names: only lowercase names are taken, so that the name the hub
 # passes to sbatch --account is the one sacctmgr stored.
@@ -36,7 +37,6 @@ DESCRIPTION = re.compile(r"^[^\x00-\x1f'\"=|]{1,100}$")
 GPU = "gres/gpu"
 COMMAND_TIMEOUT = 60
 MEMBERS_PER_CALL = 200  # users named in one sacctmgr call
-ENV_KEYS = ("PATH", "LANG", "LC_ALL", "SLURM_CONF", "TZ")
 
 
 class QuotaError(RuntimeError):
@@ -71,16 +71,10 @@ class AccountState:
 # --- running sacctmgr -------------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    env = {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    return env
-
-
 def _run(program: str, *args: str) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(
-            [program, *args], capture_output=True, text=True, env=_env(), timeout=COMMAND_TIMEOUT, check=False
+            [program, *args], capture_output=True, text=True, env=command_env(), timeout=COMMAND_TIMEOUT, check=False
         )
     except FileNotFoundError:
         raise QuotaError(f"{program} is not installed on the hub host: Slurm's client commands are needed") from None

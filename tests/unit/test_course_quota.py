@@ -9,6 +9,7 @@ import stat
 import pytest
 
 from campushub.courses import quota
+from campushub.spawners import slurm as slurm_spawner
 
 FAKE = """#!/usr/bin/env python3
 import json, os, sys
@@ -43,7 +44,7 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_STATE", str(state_file))
     monkeypatch.setenv("FAKE_LOG", str(log))
-    monkeypatch.setattr(quota, "ENV_KEYS", (*quota.ENV_KEYS, "FAKE_STATE", "FAKE_LOG"))
+    monkeypatch.setattr(slurm_spawner, "COMMAND_ENV_KEYS", (*slurm_spawner.COMMAND_ENV_KEYS, "FAKE_STATE", "FAKE_LOG"))
 
     class Fake:
         def set(self, show=None, config=None, change_rc=0, assoc_mgr=""):
