@@ -14,7 +14,18 @@ CONSTRAINTS ?= constraints.txt
 PIP_INSTALL = python -m pip install --quiet --constraint $(CONSTRAINTS)
 # The CampusHub Lab extension: installed into the single-user environment and into .venv (the demo's servers).
 LAB_EXTENSION := extensions/campushub-lab
-LAB_EXTENSION_FILES := $(shell find $(LAB_EXTENSION) -type f -not -path '*/node_modules/*' -not -path '*/__pycache__/*' -not -path '*/.ruff_cache/*')
+# What goes into its wheel; not what its build makes (node_modules, lib, the built labextension, caches).
+LAB_EXTENSION_FILES := $(shell find $(LAB_EXTENSION) \( -name node_modules -o -name lib -o -name labextension \
+	-o -name coverage -o -name __pycache__ -o -name .ruff_cache -o -name __tests__ \) -prune \
+	-o -type f -not -name '*.tsbuildinfo' -print)
+# Its JupyterLab front-end (TypeScript) is built by npm with the locked packages (package-lock.json) into
+# campushub_lab/labextension, and again only when one of these sources changed; its tests run in make check.
+LAB_FRONTEND_SOURCES := $(addprefix $(LAB_EXTENSION)/,package.json package-lock.json .npmrc tsconfig.json) \
+	$(wildcard $(LAB_EXTENSION)/src/*.ts $(LAB_EXTENSION)/src/*.tsx $(LAB_EXTENSION)/style/* $(LAB_EXTENSION)/schema/*.json)
+LAB_NODE_MODULES := $(LAB_EXTENSION)/node_modules/.package-lock.json
+LAB_BUILT := $(LAB_EXTENSION)/campushub_lab/labextension/package.json
+# rspack, which builds it, needs Node.js 20.19 or newer (Debian 12's own nodejs is 18: install Node.js 20+)
+NODE_MIN := 20.19
 
 # Node.js for configurable-http-proxy: Debian's, unless a Node.js with npm is already installed.
 NODE_PACKAGES := $(if $(shell command -v npm),,nodejs npm)
@@ -45,6 +56,7 @@ check: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest tests/unit -q
+	cd $(LAB_EXTENSION) && npm test --silent
 
 test: check test-system-packages singleuser-env
 	CAMPUSHUB_TEST_SINGLEUSER_ENV=$(SINGLEUSER_ENV) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
@@ -61,10 +73,25 @@ test-system-packages:
 
 install: system-packages $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) $(LAB_EXTENSION_FILES)
+# CampusHub and what it needs (JupyterLab and jupyter-builder among them, which build the Lab front-end)
+$(VENV)/.deps: pyproject.toml $(CONSTRAINTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/$(PIP_INSTALL) --upgrade pip
 	$(VENV)/bin/$(PIP_INSTALL) -e '.[test]'
+	touch $@
+
+$(LAB_NODE_MODULES): $(LAB_EXTENSION)/package.json $(LAB_EXTENSION)/package-lock.json
+	@node -e 'const [a, b] = process.versions.node.split(".").map(Number); const [x, y] = "$(NODE_MIN)".split(".").map(Number); \
+	  process.exit(a > x || (a === x && b >= y) ? 0 : 1)' || { echo "the Lab extension's build needs Node.js $(NODE_MIN) or newer, \
+	  not $$(node --version): install Node.js 20 or newer (Debian 12's nodejs package is 18)" >&2; exit 2; }
+	cd $(LAB_EXTENSION) && npm ci --silent
+	touch $@
+
+$(LAB_BUILT): $(LAB_FRONTEND_SOURCES) $(LAB_NODE_MODULES) $(VENV)/.deps
+	cd $(LAB_EXTENSION) && PATH=$(abspath $(VENV))/bin:$$PATH npm run --silent build:prod
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.deps $(LAB_EXTENSION_FILES) $(LAB_BUILT)
 	$(VENV)/bin/$(PIP_INSTALL) --no-deps --force-reinstall ./$(LAB_EXTENSION)
 	npm install --silent --no-save --no-audit --no-fund --prefix $(VENV)/lib/node configurable-http-proxy@$(CHP_VERSION)
 	ln -sf ../lib/node/node_modules/.bin/configurable-http-proxy $(VENV)/bin/configurable-http-proxy
@@ -72,7 +99,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) $(LAB_EXTENSION_FILES)
 
 singleuser-env: $(SINGLEUSER_ENV)/.installed
 
-$(SINGLEUSER_ENV)/.installed: images/singleuser-requirements.txt $(CONSTRAINTS) $(LAB_EXTENSION_FILES)
+$(SINGLEUSER_ENV)/.installed: images/singleuser-requirements.txt $(CONSTRAINTS) $(LAB_EXTENSION_FILES) $(LAB_BUILT)
 	test -x $(SINGLEUSER_ENV)/bin/python || /usr/bin/python3 -m venv $(SINGLEUSER_ENV)
 	$(SINGLEUSER_ENV)/bin/$(PIP_INSTALL) -r images/singleuser-requirements.txt
 	$(SINGLEUSER_ENV)/bin/$(PIP_INSTALL) --no-deps --force-reinstall ./$(LAB_EXTENSION)
@@ -82,6 +109,7 @@ $(SINGLEUSER_ENV)/.installed: images/singleuser-requirements.txt $(CONSTRAINTS) 
 # Only what can be rebuilt. The demo's state folder holds users' notebooks: clean-demo-state deletes it.
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist
+	cd $(LAB_EXTENSION) && rm -rf node_modules lib campushub_lab/labextension tsconfig.tsbuildinfo coverage
 	find . -path ./campushub-state -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d -prune -exec rm -rf {} +
 	@if [ -d campushub-state ]; then \
 	  echo "kept campushub-state/ (the demo's database, secrets and users' files): make clean-demo-state deletes it"; fi
