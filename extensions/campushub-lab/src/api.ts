@@ -152,8 +152,10 @@ export interface IRun {
 
 export interface IProfile {
   name: string;
-  description?: string;
   display_name?: string;
+  description?: string;
+  /** what a job with it gets, in words (partition, CPUs, memory, GPUs, walltime) */
+  summary?: string;
 }
 
 /** The scheduler's REST API, forwarded by the server extension as the user. */

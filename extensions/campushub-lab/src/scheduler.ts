@@ -229,21 +229,20 @@ class ScheduleForm extends Widget implements Dialog.IBodyWidget<IFormResult> {
         ...profiles.map(p =>
           h(
             'option',
-            { value: p.name, title: p.description ?? '' },
-            p.display_name || p.description
-              ? `${p.display_name ?? p.name}${p.description ? ` — ${p.description}` : ''}`
-              : p.name
+            { value: p.name, title: p.description || p.summary || '' },
+            `${p.display_name || p.name}${p.summary ? ` — ${p.summary}` : ''}`
           )
         )
       );
       f.profile.value = values.profile || defaultProfile || profiles[0].name;
       this.node.append(row(trans.__('Resources'), f.profile));
     }
-    this.node.append(row(trans.__('Alert email on failure'), f.email));
     this.inputs = new ParameterInputs(parameters, trans, values.texts);
     this.node.append(
       h('h3', { className: 'jp-campushub-subtitle' }, trans.__('Parameters')),
-      this.inputs.node
+      this.inputs.node,
+      h('h3', { className: 'jp-campushub-subtitle' }, trans.__('Alerts')),
+      row(trans.__('Email on failure'), f.email)
     );
   }
 

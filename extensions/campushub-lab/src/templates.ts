@@ -229,21 +229,25 @@ export const templatesPlugin: JupyterFrontEndPlugin<void> = {
     });
 
     if (launcher && showInLauncher) {
-      try {
-        await load();
-      } catch (e) {
-        console.warn('campushub-lab: no templates for the launcher', e);
-        return;
-      }
-      let rank = 0;
-      for (const name of templates.keys()) {
-        launcher.add({
-          command: COMMAND_TEMPLATE,
-          args: { name },
-          category,
-          rank: rank++
-        });
-      }
+      // in the background: the Lab does not wait for the server's answer to start
+      load()
+        .then(() => {
+          let rank = 0;
+          for (const name of templates.keys()) {
+            launcher.add({
+              command: COMMAND_TEMPLATE,
+              args: { name },
+              category,
+              rank: rank++
+            });
+          }
+        })
+        .catch(e =>
+          console.warn(
+            'campushub-lab: no templates for the launcher:',
+            (e as Error).message
+          )
+        );
     }
   }
 };
