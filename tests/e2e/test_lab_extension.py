@@ -25,6 +25,7 @@ from playwright.sync_api import expect
 from tests.cluster.hub import running_hub, slurm_site
 from tests.cluster.slurm import wait_for
 from tests.cluster.users import create_users, remove_user
+from tests.conftest import CALL_FAILED
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS
 
 USER = "chub-lab-e2e"
@@ -103,6 +104,14 @@ def lab(hub, job, artifacts):
             context.close()
 
 
+@pytest.fixture(autouse=True)
+def screenshot_on_failure(request, artifacts):
+    """The shared page as a failing test left it: test-artifacts/<test name>-failed.png."""
+    yield
+    if request.node.stash.get(CALL_FAILED, False) and "lab" in request.fixturenames:
+        request.getfixturevalue("lab").screenshot(path=artifacts / f"{request.node.name}-failed.png")
+
+
 def time_left_minutes(text: str) -> int | None:
     """The minutes of `1:42 left` or `42 min left` in the status bar's text."""
     if m := re.search(r"(\d+):(\d\d) left", text):
@@ -176,7 +185,7 @@ def test_the_schedule_dialog_makes_a_schedule_that_the_scheduler_lists(lab, hub,
     expect(button).to_be_visible(timeout=LAB_TIMEOUT_MS)
     button.click()
     dialog = lab.locator(".jp-Dialog")
-    expect(dialog.locator('input[name="rows"]')).to_have_value("100")  # read from the parameters cell
+    expect(dialog.locator('input[name="rows"]')).to_have_value("100", timeout=30_000)  # from the parameters cell
     timezone = dialog.locator('input[name="timezone"]').input_value()
     assert timezone  # the browser's own zone
 
