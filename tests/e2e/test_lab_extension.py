@@ -2,7 +2,8 @@
 on the test Slurm cluster, with the real scheduler service beside it.
 
 One hub, one user and one server for the whole module (a spawn and a Lab load are the slow part):
-(a) the status bar shows the job's node and the time left on its walltime, as Slurm reports them;
+(a) the status bar shows the job's node, its GPU and the time left on its walltime, as Slurm reports them,
+    and warns that the walltime ends soon (the job has 14 minutes: under the first warning's 15);
 (b) a template card in the launcher makes a notebook with the parameters typed in its dialog;
 (c) the "Run nightly..." dialog makes a schedule that the scheduler service then lists; a cron expression
     the service refuses shows its message, with the dialog's values kept.
@@ -29,8 +30,9 @@ from tests.conftest import CALL_FAILED
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS
 
 USER = "chub-lab-e2e"
-PROFILES = [{"slug": "cpu", "display_name": "CPU only", "everyone": True, "default": True}]
-WALLTIME = "01:00:00"
+PROFILES = [{"slug": "gpu-1", "display_name": "One GPU", "everyone": True, "default": True, "resources": {"gpus": 1}}]
+# under the first warning's 15 minutes: the Lab warns as soon as it has read the session
+WALLTIME = "00:14:00"
 LAB_TIMEOUT_MS = 90_000
 
 
@@ -124,19 +126,23 @@ def time_left_minutes(text: str) -> int | None:
 def test_status_bar_shows_the_jobs_node_and_time_left(lab, job, artifacts):
     status = lab.locator(".jp-campushub-SessionStatus")
     expect(status).to_contain_text(job["node"], timeout=30_000)
+    expect(status).to_contain_text("1 GPU")
     expect(status).to_contain_text(" left")
     shown = time_left_minutes(status.inner_text())
     expected = (job["end"] - datetime.now().astimezone()).total_seconds() / 60
     assert shown is not None, status.inner_text()
     assert expected - 2 <= shown <= expected + 1, f"status bar: {status.inner_text()!r}, walltime ends {job['end']}"
+    warning = lab.get_by_text(re.compile(r"^Your session ends in \d+ min")).first
+    expect(warning).to_be_visible(timeout=30_000)
     lab.screenshot(path=artifacts / "lab-session-status.png")
 
-    # Clicking it opens the Session panel: the job as Slurm knows it.
+    # Clicking it opens the Session panel: the job as Slurm knows it; no NVML on this machine's fake GPUs.
     status.click()
     panel = lab.locator(".jp-campushub-SessionPanel")
     expect(panel).to_contain_text(job["id"], timeout=15_000)
     expect(panel).to_contain_text(job["node"])
-    expect(panel).to_contain_text("gpu")  # the partition
+    expect(panel).to_contain_text("gpu-1")  # the profile
+    expect(panel).to_contain_text("GPU use is not available")
     lab.screenshot(path=artifacts / "lab-session-panel.png")
 
 
@@ -221,3 +227,9 @@ def test_the_schedule_dialog_makes_a_schedule_that_the_scheduler_lists(lab, hub,
     expect(listed).to_contain_text("nightly-report", timeout=30_000)
     expect(listed).to_contain_text("30 3 * * 1-5")
     lab.screenshot(path=artifacts / "lab-scheduled-runs.png")
+
+    # Paused from the sidebar: the service has it paused.
+    listed.get_by_role("button", name="Pause").click()
+    expect(listed.get_by_role("button", name="Resume")).to_be_visible(timeout=30_000)
+    r = requests.get(f"{api}/schedules/{made['id']}", headers={"Authorization": f"token {token}"}, timeout=30)
+    assert r.json()["paused"] is True

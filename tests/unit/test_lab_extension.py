@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -138,3 +139,23 @@ def test_singleuser_says_what_is_wrong():
     assert missing.returncode != 0 and "JUPYTERHUB_SERVICE_URL is not set" in missing.stderr
     absent = run_singleuser("no-such-command-campushub")
     assert absent.returncode != 0 and "cannot run no-such-command-campushub" in absent.stderr
+
+
+# --- the Lab front-end: shipped prebuilt, found by JupyterLab without a rebuild ---
+
+
+def test_the_front_end_is_installed_prebuilt_with_its_settings():
+    installed = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "campushub-lab"
+    package = json.loads((installed / "package.json").read_text())
+    assert package["name"] == "campushub-lab"
+    assert package["jupyterlab"]["_build"]["load"].startswith("static/remoteEntry.")
+    assert (installed / package["jupyterlab"]["_build"]["load"]).is_file()
+    assert json.loads((installed / "install.json").read_text())["packageName"] == "campushub-lab"
+    # a settings schema for each plugin that loads settings, as the Lab's settings editor finds them
+    plugins = set(
+        re.findall(r"_PLUGIN = '(campushub-lab:[a-z-]+)'", "".join(p.read_text() for p in EXTENSION.glob("src/*.ts")))
+    )
+    assert plugins == {"campushub-lab:session", "campushub-lab:templates", "campushub-lab:scheduler"}
+    for plugin in plugins:
+        schema = json.loads((installed / "schemas" / "campushub-lab" / f"{plugin.split(':')[1]}.json").read_text())
+        assert schema["type"] == "object" and schema["properties"], plugin
