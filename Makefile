@@ -18,7 +18,7 @@ LAB_EXTENSION := extensions/campushub-lab
 LAB_EXTENSION_FILES := $(shell find $(LAB_EXTENSION) \( -name node_modules -o -name lib -o -name labextension \
 	-o -name coverage -o -name __pycache__ -o -name .ruff_cache -o -name __tests__ \) -prune \
 	-o -type f -not -name '*.tsbuildinfo' -print)
-# Its JupyterLab front-end (TypeScript) is built by npm with the locked packages (package-lock.json) into
+# Its JupyterLab front-end (TypeScript) is built by npm with the locked packages (package-lock.json), into
 # campushub_lab/labextension, and again only when one of these sources changed; its tests run in make check.
 LAB_FRONTEND_SOURCES := $(addprefix $(LAB_EXTENSION)/,package.json package-lock.json .npmrc tsconfig.json) \
 	$(wildcard $(LAB_EXTENSION)/src/*.ts $(LAB_EXTENSION)/src/*.tsx $(LAB_EXTENSION)/style/* $(LAB_EXTENSION)/schema/*.json)
@@ -26,6 +26,7 @@ LAB_NODE_MODULES := $(LAB_EXTENSION)/node_modules/.package-lock.json
 LAB_BUILT := $(LAB_EXTENSION)/campushub_lab/labextension/package.json
 # rspack, which builds it, needs Node.js 20.19 or newer (Debian 12's own nodejs is 18: install Node.js 20+)
 NODE_MIN := 20.19
+NODE_CHECK := const [a, b] = process.versions.node.split(".").map(Number), [x, y] = "$(NODE_MIN)".split(".").map(Number); process.exit(a > x || (a === x && b >= y) ? 0 : 1)
 
 # Node.js for configurable-http-proxy: Debian's, unless a Node.js with npm is already installed.
 NODE_PACKAGES := $(if $(shell command -v npm),,nodejs npm)
@@ -81,10 +82,10 @@ $(VENV)/.deps: pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 $(LAB_NODE_MODULES): $(LAB_EXTENSION)/package.json $(LAB_EXTENSION)/package-lock.json
-	@node -e 'const [a, b] = process.versions.node.split(".").map(Number); const [x, y] = "$(NODE_MIN)".split(".").map(Number); \
-	  process.exit(a > x || (a === x && b >= y) ? 0 : 1)' || { echo "the Lab extension's build needs Node.js $(NODE_MIN) or newer, \
-	  not $$(node --version): install Node.js 20 or newer (Debian 12's nodejs package is 18)" >&2; exit 2; }
-	cd $(LAB_EXTENSION) && npm ci --silent
+	@node -e '$(NODE_CHECK)' || { echo "the Lab extension's build needs Node.js $(NODE_MIN) or newer, not" \
+	  "$$(node --version): install Node.js 20 or newer (Debian 12's nodejs package is 18)" >&2; exit 2; }
+	@# the locked versions (npm ci would refuse this lock: it lists rspack's native binary for this platform only)
+	cd $(LAB_EXTENSION) && npm install --no-save --silent
 	touch $@
 
 $(LAB_BUILT): $(LAB_FRONTEND_SOURCES) $(LAB_NODE_MODULES) $(VENV)/.deps
