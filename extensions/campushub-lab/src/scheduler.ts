@@ -392,6 +392,7 @@ export class RunsPanel extends Widget {
   private list: HTMLElement;
   private status: HTMLElement;
   private busy = false;
+  private timer = 0;
 
   constructor(private trans: TranslationBundle) {
     super();
@@ -423,6 +424,22 @@ export class RunsPanel extends Widget {
 
   protected onAfterShow(): void {
     void this.refresh();
+    // while shown, the runs' states follow their jobs
+    window.clearInterval(this.timer);
+    this.timer = window.setInterval(() => {
+      if (this.isVisible) {
+        void this.refresh();
+      }
+    }, 30_000);
+  }
+
+  protected onAfterHide(): void {
+    window.clearInterval(this.timer);
+  }
+
+  dispose(): void {
+    window.clearInterval(this.timer);
+    super.dispose();
   }
 
   outputURL(run: IRun): string {
