@@ -20,8 +20,8 @@ else $JUPYTERHUB_API_TOKEN. Least scopes: plan and apply need {SCOPES_APPLY}; re
   curl -H "Authorization: token $ADMIN_TOKEN" -d '{{"scopes": ["admin:users", "admin:groups"], "expires_in": 3600}}' \\
        http://127.0.0.1:8081/hub/api/users/ADMIN/tokens
 apply and retire run as root on the hub host (unix groups, shared folders, the staff roles file in the
-state folder). A new course's staff role takes effect when the hub restarts (JupyterHub has no API for
-roles); everything else at once. See docs/courses.md.
+state folder). Everything takes effect at once, with no hub restart: a new course's staff role too (the
+hub loads the roles file when apply asks it to). See docs/courses.md.
 """
 
 
@@ -106,9 +106,6 @@ def cmd_apply(args) -> int:
     for s in steps:
         if s.note:
             print(f"  = {s.area}: {s.text}")
-    if any(s.restart for s in changes):
-        print(f"  ! restart the hub for the new role {course.manifest.staff_role} to take effect "
-              "(users' servers keep running)")  # fmt: skip
     if after:
         raise CourseError("after apply the hub still differs: " + "; ".join(s.text for s in after))
     return 0

@@ -34,7 +34,6 @@ class Step:
     area: str  # users, groups, grants, roles, folders, slurm
     text: str
     run: Callable[[Hub, Say], None] | None = field(default=None, repr=False)
-    restart: bool = False  # takes effect when the hub restarts
     note: bool = False  # a line of information, not a change
 
 
@@ -96,15 +95,20 @@ def diff(course: Course, state: HubState, state_dir: Path, accounting=None) -> l
                           lambda hub, say, p=wanted: hub.set_properties(m.students_group, p)))  # fmt: skip
 
     staff_group = state.groups.get(m.staff_group)
-    if course.id in state.role_courses and staff_group is not None and "roles" in staff_group:
-        if m.staff_role not in staff_group["roles"]:
-            steps.append(Step("roles", f"the role {m.staff_role} is written but the hub has not loaded it yet: "
-                              "restart the hub", note=True))  # fmt: skip
     if course.id not in state.role_courses:
         ids = [*state.role_courses, course.id]
+
+        def add_role(hub, say):
+            write_course_ids(state_dir, ids)
+            hub.sync_roles()
+
         steps.append(Step("roles", f"add role {m.staff_role} (access and admin of {m.students_group}'s servers, "
-                          f"list and read its users) for group {m.staff_group}, to {state_dir}/course-roles.yaml",
-                          lambda hub, say: write_course_ids(state_dir, ids), restart=True))  # fmt: skip
+                          f"list and read its users) for group {m.staff_group}, in {state_dir}/course-roles.yaml: "
+                          "in effect at once", add_role))  # fmt: skip
+    elif staff_group is None or m.staff_role not in staff_group.get("roles", [m.staff_role]):
+        # in the roles file but not in the hub yet (an apply stopped in between): the hub loads it now
+        steps.append(Step("roles", f"put the role {m.staff_role} of {state_dir}/course-roles.yaml in effect "
+                          f"for group {m.staff_group}", lambda hub, say: hub.sync_roles()))  # fmt: skip
 
     if m.folders is not None:
         set_groups = unix_groups(course)  # one call sets every group; each shows as its own line
@@ -185,9 +189,6 @@ def render(course: Course, steps: list[Step], url: str) -> str:
         lines.append("  no changes: the hub matches the manifest")
     for s in steps:
         lines.append(f"  {'=' if s.note else '+'} {s.area}: {s.text}")
-    if any(s.restart for s in changes):
-        lines.append(f"  ! the role {m.staff_role} is new: it takes effect when the hub restarts "
-                     "(restart the `campushub hub` process or its service; users' servers keep running)")  # fmt: skip
     return "\n".join(lines)
 
 
