@@ -258,7 +258,7 @@ def apply_services(c: Config, site: Site, state: StateDir) -> None:
             }
         )
     if site.scheduler.enabled:
-        from .spawners.slurm import COMMAND_ENV_KEYS
+        from .slurmenv import COMMAND_ENV_KEYS
 
         # what Slurm's commands need (a service gets only a few of the hub's variables), and the site file
         environment = {k: os.environ[k] for k in COMMAND_ENV_KEYS if k in os.environ}

@@ -79,7 +79,8 @@ def cmd_plan(args) -> int:
 
     site, course, hub = context(args)
     check_accounts(course)
-    steps = diff(course, read_state(hub, course, site.hub.state_dir), site.hub.state_dir, slurm_accounting(course))
+    accounting = slurm_accounting(course)
+    steps = diff(course, read_state(hub, course, site.hub.state_dir, accounting), site.hub.state_dir, accounting)
     print(render(course, steps, hub.url))
     return 0
 
@@ -91,14 +92,14 @@ def cmd_apply(args) -> int:
     check_accounts(course)
     needs_root(course, "apply")
     accounting = slurm_accounting(course)
-    steps = diff(course, read_state(hub, course, site.hub.state_dir), site.hub.state_dir, accounting)
+    steps = diff(course, read_state(hub, course, site.hub.state_dir, accounting), site.hub.state_dir, accounting)
     changes = [s for s in steps if not s.note]
     if not changes:
         print(render(course, steps, hub.url))
         return 0
     done = apply(hub, steps, say)
     # a second look: what apply did is now the hub's state
-    after = diff(course, read_state(hub, course, site.hub.state_dir), site.hub.state_dir, accounting)
+    after = diff(course, read_state(hub, course, site.hub.state_dir, accounting), site.hub.state_dir, accounting)
     after = [s for s in after if not s.note and "without a unix account yet" not in s.text]
     print(f"course {course.id}: applied {len(done)} change(s)")
     for line in done:
