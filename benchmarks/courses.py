@@ -1,12 +1,15 @@
-"""Courses benchmark: `campushub course apply` of a 1,000-student roster against a real hub, then the
-same apply again with nothing to change; beside it, the peer an admin would otherwise script: one REST
-call per student (create the user, add them to the group).
+"""Courses benchmark: `campushub course apply` of a 1,000-student roster against a real hub and the test
+harness's Slurm with accounting, then the same apply again with nothing to change; beside it, the peer an
+admin would otherwise script: one REST call per student (create the user, add them to the group), and
+the Slurm account and its members with sacctmgr.
 
-It starts a real CampusHub (`campushub proxy` + `campushub hub`, tests/cluster/hub.py) with the demo's
+It starts the test harness's Slurm cluster (tests/cluster/slurm.py: slurmctld, slurmd, slurmdbd on
+MariaDB) and a real CampusHub (`campushub proxy` + `campushub hub`, tests/cluster/hub.py) with the demo's
 login and a throwaway state folder, and runs the real command as an admin runs it (a new Python process
-each time, with a token of the least scopes). The manifests have no shared folders: 1,000 unix accounts
-are not made for it (the folders are tested in tests/integration/test_courses.py). It needs root (one
-unix account for the course's instructor) and takes the machine's test lock.
+each time, with a token of the least scopes). Each course has a GPU quota, so apply also makes its Slurm
+account, the limit and 1,000 associations. The manifests have no shared folders: 1,000 unix accounts are
+not made for it (the folders are tested in tests/integration/test_courses.py). It needs root (one unix
+account for the course's instructor, the Slurm daemons) and takes the machine's test lock.
 
 Run from the repository root:
     sudo make bench-courses [BENCH_ARGS="--write docs/benchmarks.md"]
@@ -31,6 +34,7 @@ import requests
 from campushub import __version__
 from tests.cluster.hub import RunningHub
 from tests.cluster.lock import machine_lock
+from tests.cluster.slurm import SlurmCluster
 from tests.cluster.users import create_users, remove_user
 
 INSTRUCTOR = "chb-course-prof"
@@ -43,12 +47,15 @@ SECTION = """
 ## Courses: applying a roster
 
 `python -m benchmarks.courses` (`sudo make bench-courses`): `campushub course apply` of a new course with
-a 1,000-student roster against a real hub (the demo's login, SQLite), timed from the command's start to
-its exit as an admin runs it (a new process, a token with the scopes admin:users and admin:groups), then
-the same apply again with nothing to change, several times. Each round is a new course with 1,000 new
-students, so the hub grows by 1,000 users a round. The peer: what an admin scripts without CampusHub,
-one REST call per student to create the user and one to add them to the course's group (on one kept-alive
-connection), for a course of its own. Targets: a new course within 15 s, a re-apply within 2 s.
+a 1,000-student roster and a GPU quota against a real hub (the demo's login, SQLite) and the test
+harness's Slurm with accounting (slurmdbd on MariaDB), timed from the command's start to its exit as an
+admin runs it (a new process, a token with the scopes admin:users and admin:groups), then the same apply
+again with nothing to change, several times. Apply makes the hub's users, groups, grant and staff role,
+and Slurm's course account, its GPU limit and 1,000 associations. Each round is a new course with 1,000
+new students, so the hub and Slurm's database grow by 1,000 users a round. The peer: what an admin
+scripts without CampusHub, one REST call per student to create the user and one to add them to the
+course's group (on one kept-alive connection), then `sacctmgr` for the account, its limits and its members (all
+in one call), for a course of its own. Targets: a new course within 15 s, a re-apply within 2 s.
 
 """
 
@@ -69,6 +76,7 @@ def write_course(folder: Path, course_id: str, students: int) -> Path:
         "staff": {"instructors": [INSTRUCTOR]},
         "roster": "roster.csv",
         "profiles": ["default"],
+        "gpu_quota": {"max_gpus_per_student": 1, "max_gpus": 4},
     }
     path = folder / "course.yaml"
     path.write_text(json.dumps(manifest))
@@ -87,7 +95,7 @@ def timed_apply(hub: RunningHub, path: Path, token_file: Path) -> tuple[float, s
     return took, r.stdout
 
 
-def peer(hub: RunningHub, token: str, course_id: str, students: int) -> float:
+def peer(hub: RunningHub, slurm: SlurmCluster, token: str, course_id: str, students: int) -> float:
     s = requests.Session()
     s.headers["Authorization"] = f"token {token}"
     api = f"http://127.0.0.1:{hub.hub_port}/hub/api"
@@ -97,17 +105,28 @@ def peer(hub: RunningHub, token: str, course_id: str, students: int) -> float:
         name = f"{course_id}-s{i:04d}"
         s.post(f"{api}/users/{name}", timeout=60).raise_for_status()
         s.post(f"{api}/groups/course-{course_id}-students/users", json={"users": [name]}, timeout=60).raise_for_status()
+    account = f"course-{course_id}"
+    slurm.sacctmgr("add", "account", account, "parent=root")
+    slurm.sacctmgr("add", "qos", account, "MaxTRESPerUser=gres/gpu=1")
+    slurm.sacctmgr("modify", "account", "where", f"name={account}", "set", "GrpTRES=gres/gpu=4",
+                   f"qos={account}", f"defaultqos={account}")  # fmt: skip
+    slurm.sacctmgr("add", "user", "name=" + ",".join(f"{course_id}-s{i:04d}" for i in range(students)),
+                   f"account={account}")  # fmt: skip
     return time.perf_counter() - started
 
 
 def run(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="campushub-bench-courses-"))
     create_users([INSTRUCTOR])
+    slurm = SlurmCluster(Path(tempfile.mkdtemp(prefix="campushub-slurm-")))  # its own, open to munge and slurm
+    os.environ["SLURM_CONF"] = str(slurm.conf)  # the course command's sacctmgr talks to this cluster
     hub = RunningHub(work / "hub", {"auth": {"admin_users": [ADMIN]}, "scheduler": {"enabled": False},
                                     "culling": {"enabled": False}})  # fmt: skip
     load_before = os.getloadavg()
     started = time.monotonic()
     try:
+        slurm.start()
+        slurm_version = slurm.cmd("sinfo", "--version").stdout.split()[-1]
         hub.start()
         admin = hub.token(ADMIN, hub.admin_password)
         r = hub.api("POST", f"/users/{ADMIN}/tokens", admin, json={"scopes": SCOPES, "note": "bench"})
@@ -128,10 +147,12 @@ def run(args) -> dict:
             rounds.append({"apply": apply_s, "reapply": reapply})
         peer_s = None
         if args.peer:
-            peer_s = peer(hub, admin, "peer", args.students)
+            peer_s = peer(hub, slurm, admin, "peer", args.students)
             log(f"peer (one call per student and step): {peer_s:.2f} s")
     finally:
         hub.close()
+        slurm.stop()
+        subprocess.run(["rm", "-rf", str(slurm.root)], check=False)
         remove_user(INSTRUCTOR)
         if not args.keep:
             subprocess.run(["rm", "-rf", str(work)], check=False)
@@ -144,6 +165,7 @@ def run(args) -> dict:
         "python": platform.python_version(),
         "jupyterhub": jupyterhub.__version__,
         "campushub": __version__,
+        "slurm": slurm_version,
         "students": args.students,
         "rounds": rounds,
         "peer": peer_s,
@@ -158,7 +180,8 @@ def results_block(res: dict) -> str:
         RESULTS_START,
         "",
         f"Run of {res['when']} on `{res['host']}`: {res['cpus']} CPU cores; Python {res['python']}, JupyterHub "
-        f"{res['jupyterhub']} on SQLite, CampusHub {res['campushub']}. {res['students']} students a course. "
+        f"{res['jupyterhub']} on SQLite, Slurm {res['slurm']} with slurmdbd, CampusHub {res['campushub']}. "
+        f"{res['students']} students a course, each course with a GPU quota. "
         f"Load average before / after: {load}. The run took {res['minutes']:.1f} minutes.",
         "",
         "| round | hub users before | apply of a new course, s | re-apply, nothing to change: median (min-max), s |",
@@ -178,8 +201,8 @@ def results_block(res: dict) -> str:
         f"most {TARGET_REAPPLY:.0f} s: **{'met' if worst_re <= TARGET_REAPPLY else 'not met'}**.",
     ]
     if res["peer"] is not None:
-        lines.append(f"- The peer, one REST call per student and step ({2 * res['students'] + 1} calls): "
-                     f"{res['peer']:.2f} s for the same roster.")  # fmt: skip
+        lines.append(f"- The peer, one REST call per student and step ({2 * res['students'] + 1} calls) and "
+                     f"four sacctmgr calls: {res['peer']:.2f} s for the same roster.")  # fmt: skip
     lines += ["", RESULTS_END]
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import getpass
+import logging
 import os
 import sys
 from functools import cache
@@ -257,7 +258,7 @@ def apply_services(c: Config, site: Site, state: StateDir) -> None:
             }
         )
     if site.scheduler.enabled:
-        from .spawners.slurm import COMMAND_ENV_KEYS
+        from .slurmenv import COMMAND_ENV_KEYS
 
         # what Slurm's commands need (a service gets only a few of the hub's variables), and the site file
         environment = {k: os.environ[k] for k in COMMAND_ENV_KEYS if k in os.environ}
@@ -302,8 +303,19 @@ def apply_services(c: Config, site: Site, state: StateDir) -> None:
 def apply_courses(c: Config, site: Site, state: StateDir) -> None:
     """A course's staff may open its students' servers (campushub.courses.access)."""
     from .courses.access import course_access_scopes
+    from .courses.rolesapi import handlers
 
     c.Spawner.pre_spawn_hook = course_access_scopes
+    # `campushub course apply|retire` put a new or retired course's staff role in effect through this
+    # endpoint, without a restart. JupyterHub marks extra_handlers deprecated in favour of services, but a
+    # service cannot change the hub's roles: the one warning it logs at start is dropped.
+    logging.getLogger("JupyterHub").addFilter(_ExtraHandlersWarning())
+    c.JupyterHub.extra_handlers = handlers(state.path)
+
+
+class _ExtraHandlersWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "extra_handlers is deprecated" not in record.getMessage()
 
 
 def course_roles(state: StateDir) -> list[dict]:

@@ -20,8 +20,8 @@ else $JUPYTERHUB_API_TOKEN. Least scopes: plan and apply need {SCOPES_APPLY}; re
   curl -H "Authorization: token $ADMIN_TOKEN" -d '{{"scopes": ["admin:users", "admin:groups"], "expires_in": 3600}}' \\
        http://127.0.0.1:8081/hub/api/users/ADMIN/tokens
 apply and retire run as root on the hub host (unix groups, shared folders, the staff roles file in the
-state folder). A new course's staff role takes effect when the hub restarts (JupyterHub has no API for
-roles); everything else at once. See docs/courses.md.
+state folder). Everything takes effect at once, with no hub restart: a new course's staff role too (the
+hub loads the roles file when apply asks it to). See docs/courses.md.
 """
 
 
@@ -79,7 +79,8 @@ def cmd_plan(args) -> int:
 
     site, course, hub = context(args)
     check_accounts(course)
-    steps = diff(course, read_state(hub, course, site.hub.state_dir), site.hub.state_dir, slurm_accounting(course))
+    accounting = slurm_accounting(course)
+    steps = diff(course, read_state(hub, course, site.hub.state_dir, accounting), site.hub.state_dir, accounting)
     print(render(course, steps, hub.url))
     return 0
 
@@ -91,14 +92,14 @@ def cmd_apply(args) -> int:
     check_accounts(course)
     needs_root(course, "apply")
     accounting = slurm_accounting(course)
-    steps = diff(course, read_state(hub, course, site.hub.state_dir), site.hub.state_dir, accounting)
+    steps = diff(course, read_state(hub, course, site.hub.state_dir, accounting), site.hub.state_dir, accounting)
     changes = [s for s in steps if not s.note]
     if not changes:
         print(render(course, steps, hub.url))
         return 0
     done = apply(hub, steps, say)
     # a second look: what apply did is now the hub's state
-    after = diff(course, read_state(hub, course, site.hub.state_dir), site.hub.state_dir, accounting)
+    after = diff(course, read_state(hub, course, site.hub.state_dir, accounting), site.hub.state_dir, accounting)
     after = [s for s in after if not s.note and "without a unix account yet" not in s.text]
     print(f"course {course.id}: applied {len(done)} change(s)")
     for line in done:
@@ -106,9 +107,6 @@ def cmd_apply(args) -> int:
     for s in steps:
         if s.note:
             print(f"  = {s.area}: {s.text}")
-    if any(s.restart for s in changes):
-        print(f"  ! restart the hub for the new role {course.manifest.staff_role} to take effect "
-              "(users' servers keep running)")  # fmt: skip
     if after:
         raise CourseError("after apply the hub still differs: " + "; ".join(s.text for s in after))
     return 0

@@ -2,7 +2,8 @@
 
 Token scopes (the least that work): plan reads `list:users`, `read:users:name`, `read:groups`; apply
 adds `admin:users` (creates users) and `admin:groups` (creates groups, sets members and properties);
-retire adds `admin:servers` (sees and stops servers) and `delete:groups`. `admin:users`, `admin:groups`
+retire adds `admin:servers` (sees and stops servers) and `delete:groups`. The course roles endpoint
+(POST /hub/api/campushub/course-roles) asks for `admin:groups`, unfiltered. `admin:users`, `admin:groups`
 and `admin:servers` hold all of these: see docs/courses.md for how to make such a token.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 import requests
 
 from . import CourseError
+from .roles import SYNC_PATH
 
 PAGE = 200  # JupyterHub's largest page by default (api_page_max_limit)
 CHUNK = 50  # users per request when creating users (and the progress counter's step)
@@ -91,6 +93,10 @@ class Hub:
 
     def delete_group(self, name: str) -> None:
         self.call("DELETE", f"/groups/{name}", ok=(204, 404))
+
+    def sync_roles(self) -> dict:
+        """The hub puts the course roles file in effect now (campushub.courses.rolesapi)."""
+        return self.call("POST", SYNC_PATH)
 
     def stop_server(self, user: str, server: str = "") -> None:
         path = f"/users/{user}/server" + (f"s/{server}" if server else "")

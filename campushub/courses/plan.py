@@ -1,13 +1,14 @@
 """The difference between a course and the hub (`plan`), and carrying it out (`apply`).
 
-`diff` is pure: the hub's state (users, the course's two groups) and the roles file's course ids in,
-a list of `Step`s out. `apply` runs the steps in order; each step is idempotent, so an apply killed
-halfway converges when run again.
+`diff` is pure: the hub's state (users, the course's two groups), the roles file's course ids and what
+Slurm's accounting lacks in, a list of `Step`s out. `apply` runs the steps in order, Slurm's beside the
+hub's; each step is idempotent, so an apply killed halfway converges when run again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class HubState:
     users: set[str]
     groups: dict[str, dict | None]  # the course's groups by name: {"users": [...], "properties": {...}} or None
     role_courses: list[str]  # the course ids in the roles file
+    slurm: list[str] | None = None  # what Slurm's accounting lacks (slurm_changes, dry run); None: not asked
 
 
 @dataclass
@@ -34,17 +36,17 @@ class Step:
     area: str  # users, groups, grants, roles, folders, slurm
     text: str
     run: Callable[[Hub, Say], None] | None = field(default=None, repr=False)
-    restart: bool = False  # takes effect when the hub restarts
     note: bool = False  # a line of information, not a change
 
 
-def read_state(hub: Hub, course: Course, state_dir: Path) -> HubState:
+def read_state(hub: Hub, course: Course, state_dir: Path, accounting=None) -> HubState:
+    """The hub's side, and with `accounting` Slurm's, read at the same time."""
     m = course.manifest
-    return HubState(
-        users=set(hub.users()),
-        groups={name: hub.group(name) for name in (m.students_group, m.staff_group)},
-        role_courses=course_ids(state_dir),
-    )
+    with ThreadPoolExecutor(1) as pool:
+        slurm = pool.submit(slurm_changes, course, dry_run=True) if accounting else None
+        users = set(hub.users())
+        groups = {name: hub.group(name) for name in (m.students_group, m.staff_group)}
+        return HubState(users, groups, course_ids(state_dir), slurm.result() if slurm else None)
 
 
 def diff(course: Course, state: HubState, state_dir: Path, accounting=None) -> list[Step]:
@@ -96,15 +98,20 @@ def diff(course: Course, state: HubState, state_dir: Path, accounting=None) -> l
                           lambda hub, say, p=wanted: hub.set_properties(m.students_group, p)))  # fmt: skip
 
     staff_group = state.groups.get(m.staff_group)
-    if course.id in state.role_courses and staff_group is not None and "roles" in staff_group:
-        if m.staff_role not in staff_group["roles"]:
-            steps.append(Step("roles", f"the role {m.staff_role} is written but the hub has not loaded it yet: "
-                              "restart the hub", note=True))  # fmt: skip
     if course.id not in state.role_courses:
         ids = [*state.role_courses, course.id]
+
+        def add_role(hub, say):
+            write_course_ids(state_dir, ids)
+            hub.sync_roles()
+
         steps.append(Step("roles", f"add role {m.staff_role} (access and admin of {m.students_group}'s servers, "
-                          f"list and read its users) for group {m.staff_group}, to {state_dir}/course-roles.yaml",
-                          lambda hub, say: write_course_ids(state_dir, ids), restart=True))  # fmt: skip
+                          f"list and read its users) for group {m.staff_group}, in {state_dir}/course-roles.yaml: "
+                          "in effect at once", add_role))  # fmt: skip
+    elif staff_group is None or m.staff_role not in staff_group.get("roles", [m.staff_role]):
+        # in the roles file but not in the hub yet (an apply stopped in between): the hub loads it now
+        steps.append(Step("roles", f"put the role {m.staff_role} of {state_dir}/course-roles.yaml in effect "
+                          f"for group {m.staff_group}", lambda hub, say: hub.sync_roles()))  # fmt: skip
 
     if m.folders is not None:
         set_groups = unix_groups(course)  # one call sets every group; each shows as its own line
@@ -120,7 +127,7 @@ def diff(course: Course, state: HubState, state_dir: Path, accounting=None) -> l
     if has_quota(course):
         limits = f"max_gpus={m.gpu_quota.max_gpus}, max_gpus_per_student={m.gpu_quota.max_gpus_per_student}"
         if accounting:
-            changes = slurm_changes(course, dry_run=True)
+            changes = state.slurm or []
             if changes:
                 steps.append(Step("slurm", "; ".join(changes),
                                   lambda hub, say: [say(f"slurm: {line}") for line in slurm_changes(course)]))  # fmt: skip
@@ -147,14 +154,19 @@ def slurm_accounting(course: Course):
 
 def slurm_changes(course: Course, dry_run: bool = False) -> list[str]:
     """The course's Slurm account, its GPU limits and its members (the students), made so by sacctmgr."""
-    from .quota import QuotaError, ensure_account, set_gpu_limit, set_members
+    from .quota import QuotaError, account_state, ensure_account, set_gpu_limit, set_members
 
     m = course.manifest
     try:
+        state = account_state(m.slurm_account)  # read once: each sacctmgr call costs a quarter of a second
+        changes = ensure_account(m.slurm_account, f"CampusHub course {m.id}", dry_run=dry_run, state=state)
+        if changes and not dry_run:
+            state = account_state(m.slurm_account)
+        limits = m.gpu_quota.max_gpus_per_student, m.gpu_quota.max_gpus
         return [
-            *ensure_account(m.slurm_account, f"CampusHub course {m.id}", dry_run=dry_run),
-            *set_gpu_limit(m.slurm_account, m.gpu_quota.max_gpus_per_student, m.gpu_quota.max_gpus, dry_run=dry_run),
-            *set_members(m.slurm_account, course.usernames, dry_run=dry_run),
+            *changes,
+            *set_gpu_limit(m.slurm_account, *limits, dry_run=dry_run, state=state),
+            *set_members(m.slurm_account, course.usernames, dry_run=dry_run, state=state),
         ]
     except QuotaError as e:
         raise CourseError([f"Slurm account {m.slurm_account}: {e}"]) from None
@@ -185,9 +197,6 @@ def render(course: Course, steps: list[Step], url: str) -> str:
         lines.append("  no changes: the hub matches the manifest")
     for s in steps:
         lines.append(f"  {'=' if s.note else '+'} {s.area}: {s.text}")
-    if any(s.restart for s in changes):
-        lines.append(f"  ! the role {m.staff_role} is new: it takes effect when the hub restarts "
-                     "(restart the `campushub hub` process or its service; users' servers keep running)")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -198,12 +207,21 @@ def check_accounts(course: Course) -> None:
 
 
 def apply(hub: Hub, steps: list[Step], say: Say) -> list[str]:
-    """Run the steps in order; returns what was done."""
+    """Run the steps in order, Slurm's beside the hub's (neither waits for the other); returns what was done."""
+    steps = [s for s in steps if not s.note and s.run is not None]
     done = []
-    for step in steps:
-        if step.note or step.run is None:
-            continue
+
+    def run(step: Step) -> None:
         say(f"{step.area}: {step.text}")
         step.run(hub, say)
-        done.append(step.text)
+
+    with ThreadPoolExecutor(1) as pool:
+        slurm = [(s, pool.submit(run, s)) for s in steps if s.area == "slurm"]
+        for step in steps:
+            if step.area != "slurm":
+                run(step)
+                done.append(step.text)
+        for step, future in slurm:
+            future.result()
+            done.append(step.text)
     return done

@@ -176,7 +176,7 @@ def retire(course: Course, hub: Hub, state_dir: Path, archive_dir: Path, *, yes:
     if accounting:
         plan.append(f"remove Slurm account {m.slurm_account} (its GPU limits and its members' associations)")
     plan += [
-        f"remove the role {m.staff_role} ({state_dir}/course-roles.yaml; gone at the hub's next restart)",
+        f"remove the role {m.staff_role} ({state_dir}/course-roles.yaml and the hub's)",
         f"remove the grants and memberships: delete groups {m.students_group} ({len(members)} member(s)) "
         f"and {m.staff_group}",
     ]
@@ -207,7 +207,8 @@ def retire(course: Course, hub: Hub, state_dir: Path, archive_dir: Path, *, yes:
             report.append(f"Slurm account {m.slurm_account} stays: {e}; retire again once its jobs have ended")
     remaining = [i for i in course_ids(state_dir) if i != m.id]
     write_course_ids(state_dir, remaining)
-    report.append(f"removed the role {m.staff_role} (the hub drops it at its next restart)")
+    hub.sync_roles()
+    report.append(f"removed the role {m.staff_role}")
     for group in (m.students_group, m.staff_group):
         hub.delete_group(group)
     report.append(f"deleted groups {m.students_group} and {m.staff_group} (grants and memberships)")

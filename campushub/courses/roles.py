@@ -4,9 +4,13 @@ JupyterHub 6 has no REST API for roles: roles come from its config (`load_roles`
 role that is no longer in the config is deleted at the next start. So `apply` writes the course's id
 into <state_dir>/course-roles.yaml, and the hub config (campushub.hubconfig) turns every id there into
 the role below, given to the group course-<id>-staff. The file holds ids only: the scopes are made
-here, so the file cannot grant anything else. A NEW course's role takes effect when the hub restarts
-(users' servers keep running across a restart); staff joining or leaving an existing course, grants
-and students take effect at once (they are group memberships and properties).
+here, so the file cannot grant anything else.
+
+For a new or retired course to take effect without a restart, the hub also serves
+`POST /hub/api/campushub/course-roles` (campushub.courses.rolesapi): it makes the hub's database match the file
+at once. It takes no body (the file, writable by root only, is the one source), and it asks for an
+unfiltered `admin:groups`, which the course token holds anyway: such a token can already put anyone
+into a staff group, so the endpoint gives it no new power.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import yaml
 
 ROLES_FILE = "course-roles.yaml"
 COURSE_ID = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
+SYNC_PATH = "/campushub/course-roles"  # under the hub's API, /hub/api (campushub.courses.rolesapi)
 
 
 def staff_scopes(course_id: str) -> list[str]:

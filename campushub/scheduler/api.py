@@ -177,6 +177,16 @@ class TemplatesAPI(APIHandler):
         self.write_json({"templates": templates})
 
 
+class TemplateNotebookAPI(APIHandler):
+    def post(self, name):
+        self.write_json(self.scheduler.template_notebook(name, self.body()))
+
+
+class ProfilesAPI(APIHandler):
+    async def get(self):
+        self.write_json(await self.scheduler.profiles(self.user["name"]))
+
+
 class Page(Handler):
     def render_page(self, name: str, **values) -> None:
         prefix = self.settings["prefix"]
@@ -259,6 +269,8 @@ def app_handlers(prefix: str) -> list[tuple]:
         (r"api/runs/(\d+)", RunAPI),
         (r"api/runs/(\d+)/cancel", RunCancelAPI),
         ("api/templates", TemplatesAPI),
+        (r"api/templates/([^/]+)/notebook", TemplateNotebookAPI),
+        ("api/profiles", ProfilesAPI),
         ("", HomePage),
         (r"schedules/(\d+)", SchedulePage),
         (r"runs/(\d+)", RunPage),

@@ -292,3 +292,28 @@ def check_parameters(values: Mapping[str, Any], declared: Mapping[str, Mapping[s
             raise ScheduleError(
                 f"parameters.{name}: must be {expected}, not {type(value).__name__} {json.dumps(value)[:40]}"
             )
+
+
+def parameterized_notebook(notebook: bytes, values: Any) -> dict:
+    """The notebook with `values` for its parameters, as a run would start it: checked against the
+    parameters it declares, the kernel `with_kernel` gives, and papermill's injected-parameters cell after
+    the cell tagged `parameters` (none when no value is given). A ScheduleError names a wrong value."""
+    import nbformat
+    from papermill.parameterize import parameterize_notebook
+
+    if not isinstance(values, Mapping):
+        raise ScheduleError('parameters: must be an object such as {"epochs": 3}')
+    if len(json.dumps(values)) > MAX_PARAMETERS_BYTES:
+        raise ScheduleError(f"parameters: at most {MAX_PARAMETERS_BYTES // 1024} KiB of parameters")
+    check_parameters(values, inspect_parameters(notebook))
+    node = nbformat.reads(with_kernel(notebook).decode(), as_version=4)
+    if values:
+        untagged = [cell for cell in node.cells if "tags" not in cell.metadata]
+        for cell in untagged:  # papermill looks for its tags in every cell, and its own metadata
+            cell.metadata["tags"] = []
+        node.metadata.setdefault("papermill", {})
+        node = parameterize_notebook(node, dict(values))
+        for cell in untagged:
+            del cell.metadata["tags"]
+        del node.metadata["papermill"]  # not a papermill run: only the injected cell stays
+    return node

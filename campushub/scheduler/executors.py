@@ -28,7 +28,8 @@ from batchspawner import JobStatus
 
 from ..profiles import SpawnRequest
 from ..site import Site
-from ..spawners.slurm import SQUEUE_FORMAT, classify_squeue, command_env, squeue_fields, unix_account
+from ..slurmenv import command_env
+from ..spawners.slurm import SQUEUE_FORMAT, classify_squeue, squeue_fields, unix_account
 from .definitions import ScheduleError
 
 COMMAND_TIMEOUT = 60

@@ -22,10 +22,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from ..profiles import ProfileError, granted_profiles, resolve_request, site_profiles
+from ..profiles import (
+    Profile,
+    ProfileError,
+    SlurmDefaults,
+    default_profile,
+    granted_profiles,
+    resolve_request,
+    site_profiles,
+    summary,
+)
 from ..site import Site
 from . import alerts
 from .definitions import (
+    TEMPLATE_NAME,
     TEMPLATE_PREFIX,
     Definition,
     ScheduleError,
@@ -33,6 +43,7 @@ from .definitions import (
     find_template,
     inspect_parameters,
     next_due,
+    parameterized_notebook,
     parse_definition,
     with_kernel,
 )
@@ -96,6 +107,22 @@ def run_dict(run: Run) -> dict:
     }  # fmt: skip
 
 
+def profile_dict(profile: Profile, defaults: SlurmDefaults) -> dict:
+    """A profile as a user's Lab shows it: what a job with it gets (the site's defaults filled in)."""
+    r, choices = profile.resources, profile.choices
+    return {
+        "name": profile.slug, "display_name": profile.display_name, "description": profile.description,
+        "partition": r.partition or defaults.partition, "cpus": r.cpus or defaults.cpus,
+        "memory": r.memory or defaults.memory, "gpus": r.gpus, "gpu_type": r.gpu_type,
+        "walltime": r.walltime or defaults.walltime,
+        "choices": {
+            "gpus": choices.gpus.model_dump() if choices.gpus else None,
+            "hours": choices.hours.model_dump() if choices.hours else None,
+        },
+        "summary": summary(profile, defaults),
+    }  # fmt: skip
+
+
 def iso(when: datetime | None) -> str | None:
     return when.isoformat(timespec="seconds") if when else None
 
@@ -152,6 +179,31 @@ class Scheduler:
             raise ScheduleError(f"the hub has no user {owner!r}", status=404)
         groups = await self.hub.groups(list(user.get("groups") or []))
         return profiles, granted_profiles(profiles, admin=bool(user.get("admin")), groups=groups)
+
+    async def profiles(self, owner: str) -> dict:
+        """The profiles granted to the owner now, and the one used when none is named (Slurm only: runs
+        elsewhere take no profile)."""
+        if self.executor.kind != "slurm":
+            return {"profiles": [], "default": None}
+        _, granted = await self.granted(owner)
+        defaults = self.site.spawner.slurm
+        return {
+            "profiles": [profile_dict(p, defaults) for p in granted],
+            "default": default_profile(granted).slug if granted else None,
+        }
+
+    def template_notebook(self, name: str, body: Any) -> dict:
+        """A template with the given parameters injected, as its copy in a user's home starts (no file
+        is written here)."""
+        if not TEMPLATE_NAME.fullmatch(name):
+            raise ScheduleError(f"there is no template {name[:64]!r}", status=404)
+        try:
+            path = find_template(name, self.settings.templates_dir)
+        except ScheduleError as e:
+            raise ScheduleError(str(e).removeprefix("notebook: "), status=404) from None
+        if not isinstance(body, dict) or set(body) - {"parameters"}:
+            raise ScheduleError('the body must be a JSON object such as {"parameters": {"epochs": 3}}')
+        return parameterized_notebook(path.read_bytes(), body.get("parameters", {}))
 
     async def check(self, owner: str, definition: Definition) -> None:
         """Everything that needs the owner's files and grants."""

@@ -50,6 +50,7 @@ from ..profiles import (
     walltime_seconds,
 )
 from ..site import ContainerSettings, SlurmSettings, UsersSettings
+from ..slurmenv import command_env
 
 PORT_REPORT_PATH = r"/api/batchspawner"
 
@@ -212,16 +213,6 @@ def container_command(container: ContainerSettings, home: str, gpus: int) -> lis
             f"--container-workdir={home}", *options,
         ]  # fmt: skip
     raise ValueError(f"unknown container runtime {runtime!r}")
-
-
-# The hub's environment variables that Slurm's commands need, and nothing else.
-COMMAND_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "SLURM_CONF", "TZ")
-
-
-def command_env() -> dict[str, str]:
-    env = {k: os.environ[k] for k in COMMAND_ENV_KEYS if k in os.environ}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    return env
 
 
 def unix_account(name: str, min_uid: int, max_uid: int) -> pwd.struct_passwd:

@@ -123,7 +123,7 @@ def group(hub, name, token):
 
 @pytest.fixture(scope="module")
 def applied(hub, tokens, shared, tmp_path_factory):
-    """Courses x and y applied, and the hub restarted for their new staff roles."""
+    """Courses x and y applied (their new staff roles in effect with no hub restart)."""
     root = tmp_path_factory.mktemp("courses")
     paths = {
         "x": manifest(root / "x", "x", X_STAFF, X_STUDENTS, shared),
@@ -132,8 +132,6 @@ def applied(hub, tokens, shared, tmp_path_factory):
     results = {name: course(hub, "apply", path, tokens["apply"]) for name, path in paths.items()}
     for r in results.values():
         assert r.returncode == 0, r.stderr
-    hub.stop_hub()
-    hub.start_hub()
     return {"paths": paths, "results": results}
 
 
@@ -169,7 +167,7 @@ def test_plan_shows_every_change_and_apply_then_changes_nothing(hub, tokens, sha
     assert "course x: applied" in x
     assert "create group course-x-students with 3 member(s)" in x
     assert "grant profiles ['default'] to course-x-students" in x
-    assert "restart the hub for the new role course-x-staff" in x
+    assert "add role course-x-staff" in x and "in effect at once" in x and "restart" not in x
     assert "add Slurm account course-x under root" in x and "add 3 users to Slurm account course-x" in x
     assert "set the GPU limit of each user of Slurm account course-x from no limit to 1 GPU" in x
     assert "charge course-x-students's servers to Slurm account course-x" in x
@@ -185,6 +183,19 @@ def test_plan_shows_every_change_and_apply_then_changes_nothing(hub, tokens, sha
     assert sorted(g["users"]) == X_STUDENTS
     assert g["properties"] == {"campushub_profiles": ["default"], "campushub_slurm_account": "course-x"}
     assert group(hub, "course-x-staff", tokens["admin"])["roles"] == ["course-x-staff"]
+
+
+def test_only_an_unfiltered_admin_groups_token_puts_the_roles_file_in_effect(hub, tokens, applied):
+    r = hub.api("POST", f"/users/{ADMIN}/tokens", tokens["admin"],
+                json={"scopes": ["admin:groups!group=course-x-staff"], "note": "filtered"})  # fmt: skip
+    filtered = r.json()["token"]
+    for token in (filtered, Path(tokens["groups-only"]).read_text(), hub.token(X_STAFF)):
+        r = hub.api("POST", "/campushub/course-roles", token)
+        assert r.status_code == 403, r.text
+    r = hub.api("POST", "/campushub/course-roles", Path(tokens["apply"]).read_text())
+    assert r.status_code == 200, r.text
+    assert {"course-x-staff", "course-y-staff"} <= set(r.json()["courses"]) and r.json()["added"] == []
+    assert hub.api("POST", "/campushub/course-roles", "not-a-token").status_code == 403
 
 
 def test_staff_reach_their_own_students_servers_only(hub, applied):
@@ -327,10 +338,15 @@ def test_retire_archives_verifies_then_removes(hub, tokens, applied, shared, tmp
     assert "y" not in (Path(hub.site["hub"]["state_dir"]) / "course-roles.yaml").read_text().split()
     assert not y.exists()
     assert Path(f"/home/{erin}").is_dir() and hub.api("GET", f"/users/{erin}", tokens["admin"]).status_code == 200
-    # the next start drops the role
+    # the staff role went at once: y's staff holds no scope on y's students any more
+    scopes = hub.api("GET", "/user", hub.token(Y_STAFF)).json()["scopes"]
+    assert not [s for s in scopes if "course-y" in s], scopes
+    # and a restart loads the roles file: x's role stays, y's stays gone
     hub.stop_hub()
     hub.start_hub()
     time.sleep(0.5)
+    assert group(hub, "course-x-staff", tokens["admin"])["roles"] == ["course-x-staff"]
+    assert not [s for s in hub.api("GET", "/user", hub.token(Y_STAFF)).json()["scopes"] if "course-y" in s]
     assert course(hub, "retire", path, tokens["retire"], "--archive-dir", str(tmp_path)).returncode == 0
 
 

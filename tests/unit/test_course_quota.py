@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
+from campushub import slurmenv
 from campushub.courses import quota
-from campushub.spawners import slurm as slurm_spawner
 
 FAKE = """#!/usr/bin/env python3
 import json, os, sys
@@ -44,7 +44,7 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_STATE", str(state_file))
     monkeypatch.setenv("FAKE_LOG", str(log))
-    monkeypatch.setattr(slurm_spawner, "COMMAND_ENV_KEYS", (*slurm_spawner.COMMAND_ENV_KEYS, "FAKE_STATE", "FAKE_LOG"))
+    monkeypatch.setattr(slurmenv, "COMMAND_ENV_KEYS", (*slurmenv.COMMAND_ENV_KEYS, "FAKE_STATE", "FAKE_LOG"))
 
     class Fake:
         def set(self, show=None, config=None, change_rc=0, assoc_mgr=""):
@@ -60,8 +60,11 @@ def fake(tmp_path, monkeypatch):
 
 
 ACCOUNT = {
-    "account": ["course-ml|intro to ml"],
-    "association": ["course-ml||root|gres/gpu=4|course-ml|course-ml", "course-ml|ada|||course-ml|course-ml"],
+    # sacctmgr show account ... withassoc: the account's own association, then one a member
+    "account": [
+        "course-ml|intro to ml||root|gres/gpu=4|course-ml|course-ml",
+        "course-ml|intro to ml|ada|||course-ml|course-ml",
+    ],
     "qos": ["course-ml|gres/gpu=1"],
 }
 
@@ -104,7 +107,7 @@ def test_members_are_added_and_removed_in_one_call_each(fake):
 
 def test_an_association_made_before_the_unix_account_is_renewed(fake):
     # root's association with the account was made while slurmctld knew no uid for the name
-    show = dict(ACCOUNT, association=[*ACCOUNT["association"], "course-ml|root|||course-ml|course-ml"])
+    show = dict(ACCOUNT, account=[*ACCOUNT["account"], "course-ml|intro to ml|root|||course-ml|course-ml"])
     held = "ClusterName=c Account=course-ml UserName=root(4294967294) Partition= Priority=0 ID=7"
     fake.set(show=show, assoc_mgr=held)
     assert quota.set_members("course-ml", ["ada", "root"]) == [

@@ -118,7 +118,8 @@ def test_a_new_course_plans_every_step(tmp_path):
     assert texts[0] == "create 3 hub user(s): barbara, ada, grace"
     assert "create group course-ml101-students with 2 member(s): alan, barbara" in texts
     assert any(t.startswith("grant profiles ['gpu-1'] to course-ml101-students") for t in texts)
-    assert [s.area for s in steps if s.restart] == ["roles"]
+    (role,) = [s for s in steps if s.area == "roles"]
+    assert role.text.startswith("add role course-ml101-staff") and role.text.endswith("in effect at once")
 
 
 def test_a_course_that_matches_plans_nothing_and_a_dropped_student_leaves_its_groups(tmp_path):
@@ -254,15 +255,27 @@ def test_the_students_group_property_grants_the_profiles_at_the_next_spawn(tmp_p
     assert [p.slug for p in granted_profiles(profiles, admin=False, groups=written)] == ["cpu", "gpu-1"]
 
 
-def test_plan_says_when_the_hub_has_not_loaded_the_staff_role_yet(tmp_path):
+def test_a_role_written_but_not_in_the_hub_yet_is_put_in_effect(tmp_path):
+    # an apply stopped between writing the roles file and the hub's loading it
     groups = {
         "course-ml101-students": {"users": ["alan", "barbara"], "properties": {"campushub_profiles": ["gpu-1"]}},
         "course-ml101-staff": {"users": ["ada", "grace"], "roles": []},
     }
     steps = diff(course(), HubState({"alan", "barbara", "ada", "grace"}, groups, ["ml101"]), tmp_path)
     assert [(s.note, s.text) for s in steps] == [
-        (True, "the role course-ml101-staff is written but the hub has not loaded it yet: restart the hub")
+        (
+            False,
+            f"put the role course-ml101-staff of {tmp_path}/course-roles.yaml in effect for group course-ml101-staff",
+        )
     ]
+    synced = []
+
+    class Hub:
+        def sync_roles(self):
+            synced.append(True)
+
+    steps[0].run(Hub(), print)
+    assert synced == [True]
     groups["course-ml101-staff"]["roles"] = ["course-ml101-staff"]
     assert diff(course(), HubState({"alan", "barbara", "ada", "grace"}, groups, ["ml101"]), tmp_path) == []
 
@@ -284,3 +297,40 @@ def test_the_cli_needs_a_token(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)
     assert main(["course", "plan", str(write(tmp_path))]) == 2
     assert "no hub token: give --token-file FILE or set JUPYTERHUB_API_TOKEN" in capsys.readouterr().err
+
+
+def test_the_hub_database_follows_the_roles_file_without_a_restart(tmp_path):
+    """The hub's side of `apply`: sync_roles on a real JupyterHub database (its own schema, SQLite)."""
+    from jupyterhub import orm
+    from jupyterhub import roles as hub_roles
+
+    from campushub.courses.rolesapi import sync_roles
+
+    db = orm.new_session_factory("sqlite://")()
+    for role in hub_roles.get_default_roles():
+        hub_roles.create_role(db, role)
+    hub_roles.create_role(db, {"name": "course-notes", "scopes": ["read:users:name"]})  # a site's own role
+    db.add(orm.Group(name="course-ml101-staff"))
+    db.commit()
+
+    write_course_ids(tmp_path, ["ml101", "cv2"])
+    assert sync_roles(db, tmp_path) == {
+        "courses": ["course-cv2-staff", "course-ml101-staff"],
+        "added": ["course-cv2-staff", "course-ml101-staff"],
+        "removed": [],
+    }
+    ml101 = orm.Group.find(db, "course-ml101-staff")
+    assert [r.name for r in ml101.roles] == ["course-ml101-staff"]
+    assert ml101.roles[0].scopes == staff_scopes("ml101")
+    assert [r.name for r in orm.Group.find(db, "course-cv2-staff").roles] == ["course-cv2-staff"]  # group made
+    assert sync_roles(db, tmp_path)["added"] == []  # again: nothing new
+
+    write_course_ids(tmp_path, ["ml101"])  # cv2 retired
+    assert sync_roles(db, tmp_path)["removed"] == ["course-cv2-staff"]
+    assert orm.Role.find(db, "course-cv2-staff") is None
+    assert orm.Role.find(db, "course-notes") is not None and orm.Role.find(db, "user") is not None
+
+    (tmp_path / "course-roles.yaml").write_text("courses: [{name: admin}]\n")  # malformed: nothing changes
+    with pytest.raises(ValueError, match="a list of course ids"):
+        sync_roles(db, tmp_path)
+    assert orm.Role.find(db, "course-ml101-staff") is not None

@@ -1,8 +1,9 @@
-"""The CampusHub Lab extension: its jupyter server extension (the Lab front-end comes later)."""
+"""The CampusHub Lab extension: its jupyter server extension (its JupyterLab front-end is in src/, built into labextension/)."""
 
 import os
 
 from .activity import watch_busy_kernels
+from .handlers import setup_handlers
 from .portreport import ENABLED, report_port
 
 __version__ = "0.1.0"
@@ -14,6 +15,7 @@ def _jupyter_server_extension_points():
 
 def _load_jupyter_server_extension(serverapp):
     watch_busy_kernels(serverapp)
+    setup_handlers(serverapp.web_app)
 
 
 async def _start_jupyter_server_extension(serverapp):
