@@ -105,21 +105,19 @@ def test_a_researcher_signs_in_starts_a_gpu_server_and_runs_code(hub, idp, slurm
     gres = slurm.cmd("squeue", "-h", "-j", job["id"], "-o", "%b").stdout.strip()
     assert re.search(r"gpu:1$", gres), gres
 
-    # A new notebook from the launcher: 1+1 gives 2.
+    # A new notebook from the launcher: 1+1, run at once (its kernel may still be starting), gives 2
+    # within seconds (campushub_lab's run queue: JupyterLab alone would drop a run that comes before
+    # the notebook's session has its kernel).
     launcher_card = page.locator('.jp-LauncherCard[data-category="Notebook"]').first
     expect(launcher_card).to_be_visible(timeout=60_000)
     launcher_card.click()
-    # A cell run before the kernel has connected ran only about 30 s later: wait until the status bar
-    # shows the kernel idle (the notebook toolbar's indicator starts out "idle" before any kernel exists).
-    kernel_status = page.locator(".jp-StatusBar-TextItem", has_text="ipykernel").first
-    expect(kernel_status).to_have_text(re.compile(r"\|\s*Idle\s*$"), timeout=60_000)
     editor = page.locator(".jp-NotebookPanel:visible .jp-Cell .cm-content").first
     expect(editor).to_be_visible(timeout=30_000)
     editor.click()
     page.keyboard.type("1+1")
     expect(editor).to_have_text("1+1", timeout=10_000)
     page.keyboard.press("Shift+Enter")
-    expect(page.locator(".jp-NotebookPanel:visible .jp-OutputArea-output").first).to_have_text("2", timeout=30_000)
+    expect(page.locator(".jp-NotebookPanel:visible .jp-OutputArea-output").first).to_have_text("2", timeout=10_000)
     page.screenshot(path=artifacts / "jupyterlab.png")
 
     # Stopping the server from the hub's home page ends the job.
