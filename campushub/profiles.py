@@ -56,14 +56,22 @@ class Range(Model):
 
 class Resources(Model):
     partition: SlurmName | None = Field(None, description="Slurm partition [spawner.slurm.partition].")
-    cpus: int | None = Field(None, ge=1, le=1024, description="CPUs [spawner.slurm.cpus].")
-    memory: Memory | None = Field(None, description="Memory, e.g. 16G [spawner.slurm.memory].")
+    cpus: int | None = Field(
+        None, ge=1, le=1024, description="CPUs [spawner.slurm.cpus]; Docker: the CPU limit [spawner.docker.cpus]."
+    )
+    memory: Memory | None = Field(
+        None, description="Memory, e.g. 16G [spawner.slurm.memory]; Docker: the limit [spawner.docker.memory]."
+    )
     gpus: int = Field(0, ge=0, le=64, description="GPUs (the default when choices.gpus is set) [0].")
     gpu_type: SlurmName | None = Field(None, description="GPU type in Slurm's gres, e.g. a100 [any].")
     walltime: Walltime | None = Field(
         None,
         description="Time limit as [days-]hours:minutes:seconds (the default when choices.hours is set) "
         "[spawner.slurm.walltime].",
+    )
+    image: str | None = Field(
+        None,
+        description="Docker backend: the image, one of spawner.docker.images [spawner.docker.default_image].",
     )
 
 
