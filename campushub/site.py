@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -311,10 +312,15 @@ ImageRef = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")]
 DevicePath = Annotated[str, Field(pattern=r"^/dev/[A-Za-z0-9._/-]+$")]
 
 
+class Ulimits(Section):
+    nofile: int | None = Field(None, ge=-1, description="Open files (-1: unlimited) [the engine's].")
+    nproc: int | None = Field(None, ge=-1, description="Processes (-1: unlimited) [the engine's].")
+    memlock: int | None = Field(None, ge=-1, description="Locked memory in bytes (-1: unlimited) [the engine's].")
+
+
 class DockerSettings(Section):
     url: str = Field(
         "unix:///var/run/docker.sock",
-        pattern=r"^(unix:///\S+|tcp://[^\s/]+|ssh://[^\s/]+)$",
         description="The Docker API the hub creates servers' containers through: Docker's socket "
         "(unix:///var/run/docker.sock), or `podman system service`'s (unix:///run/podman/podman.sock). "
         "Only the hub uses it; no container gets it.",
@@ -372,11 +378,21 @@ class DockerSettings(Section):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="OCI runtime of the containers (e.g. runc). Unset: the engine's default.",
     )
-    ulimits: dict[Annotated[str, Field(pattern=r"^[a-z]+$")], Annotated[int, Field(ge=0)]] = Field(
+    ulimits: Ulimits = Field(
         {},
-        description="Resource limits set in every container, soft and hard alike (e.g. {nofile: 1024, nproc: 1024}; "
-        "podman's API service needs both).",
+        description="Resource limits set in every container, soft and hard alike (podman's API service needs "
+        "nofile and nproc, e.g. 1024).",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _an_api_address(cls, value: str) -> str:
+        if not re.fullmatch(r"unix:///\S+|tcp://[^\s/]+|ssh://[^\s/]+", value):
+            raise ValueError(
+                f"{value!r} is not a Docker API address: give unix:///var/run/docker.sock (a socket), "
+                "tcp://host:2376 or ssh://user@host"
+            )
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> DockerSettings:
@@ -627,16 +643,16 @@ class Site(Section):
 
     @model_validator(mode="after")
     def _profiles_fit_the_backend(self) -> Site:
-        docker = self.spawner.docker if self.spawner.backend == "docker" else None
+        docker = self.spawner.docker
         problems = []
         for i, p in enumerate(self.profiles):
             r = p.resources
-            if docker is None:
-                if r.image:
-                    problems.append(f"profiles[{i}].resources.image: needs spawner.backend: docker")
-                continue
-            if r.image and r.image not in docker.images:
+            if r.image and docker is None:
+                problems.append(f"profiles[{i}].resources.image: needs spawner.docker (its images)")
+            elif r.image and r.image not in docker.images:
                 problems.append(f"profiles[{i}].resources.image: {r.image!r} is not one of spawner.docker.images")
+            if self.spawner.backend != "docker":
+                continue
             for key in ("partition", "gpu_type", "walltime"):
                 if getattr(r, key) is not None:
                     problems.append(f"profiles[{i}].resources.{key}: is for Slurm; spawner.backend is docker")

@@ -311,8 +311,9 @@ class DockerSpawner(dockerspawner.DockerSpawner):
             "privileged": False,
             "devices": [f"{d}:{d}:rwm" for d in devices],
         }
-        if s.ulimits:
-            config["ulimits"] = [{"name": k, "soft": v, "hard": v} for k, v in s.ulimits.items()]
+        ulimits = s.ulimits.model_dump(exclude_none=True)
+        if ulimits:
+            config["ulimits"] = [{"name": k, "soft": v, "hard": v} for k, v in ulimits.items()]
         if s.runtime:
             config["runtime"] = s.runtime
         return config

@@ -47,7 +47,9 @@ def test_the_docker_backend_needs_its_settings():
 
 
 def test_bad_docker_settings_name_their_key():
-    assert docker_problems({"url": "http//docker"})[0].startswith("spawner.docker.url: string should match")
+    assert docker_problems({"url": "http//docker"})[0].startswith(
+        "spawner.docker.url: 'http//docker' is not a Docker API address: give unix:///var/run/docker.sock"
+    )
     assert docker_problems({"images": []})[0].startswith("spawner.docker.images: list should have at least 1")
     assert docker_problems({"images": ["Not An Image"]})[0].startswith("spawner.docker.images[0]:")
     assert docker_problems({"default_image": "other:1"}) == [
@@ -61,7 +63,8 @@ def test_bad_docker_settings_name_their_key():
     assert docker_problems({"home_volume": "home"})[0].startswith("spawner.docker.home_volume:")
     assert docker_problems({"memory": "lots"})[0].startswith("spawner.docker.memory:")
     assert docker_problems({"cpus": 0})[0].startswith("spawner.docker.cpus:")
-    assert docker_problems({"ulimits": {"nofile": -1}})[0].startswith("spawner.docker.ulimits.nofile:")
+    assert docker_problems({"ulimits": {"nofile": -2}})[0].startswith("spawner.docker.ulimits.nofile:")
+    assert docker_problems({"ulimits": {"stack": 1}})[0].startswith("spawner.docker.ulimits.stack: extra inputs")
     assert docker_problems({"pull_policy": "sometimes"})[0].startswith("spawner.docker.pull_policy:")
     assert docker_problems({"socket": "x"})[0].startswith("spawner.docker.socket: extra inputs are not permitted")
 
@@ -92,7 +95,7 @@ def test_profiles_on_docker_name_allowed_images_and_no_slurm_keys():
     assert problems(
         {"auth": {"kind": "github", "github": {"client_id": "x", "client_secret_file": "/s", "allowed_users": ["a"]}},
          "spawner": slurm, "profiles": [{**profile, "resources": {"image": IMAGES[0]}}]}
-    ) == ["profiles[0].resources.image: needs spawner.backend: docker"]  # fmt: skip
+    ) == ["profiles[0].resources.image: needs spawner.docker (its images)"]  # fmt: skip
 
 
 def test_docker_spawner_settings_that_the_site_file_models_are_refused_in_extra_config():
