@@ -61,6 +61,8 @@ def page_vars(site: Site) -> dict:
         "description": b.description,
         "support": support,
         "support_url": f"mailto:{support}" if support and "://" not in support else support,
+        # where servers run, for the spawn page's words: slurm, docker or local
+        "backend": site.spawner.backend,
     }
 
 

@@ -274,7 +274,8 @@ def gpu_words(count: int, gpu_type: str | None = None) -> str:
 
 def summary(profile: Profile, defaults: SlurmDefaults, gpu_max: int | None = None) -> str:
     r = profile.resources
-    parts = [f"{r.cpus or defaults.cpus} CPU", f"{r.memory or defaults.memory} memory"]
+    cpus = r.cpus or defaults.cpus
+    parts = [f"{int(cpus) if cpus == int(cpus) else cpus} CPU", f"{r.memory or defaults.memory} memory"]
     if profile.choices.gpus:
         parts.append(
             f"{profile.choices.gpus.min}-{gpu_max or profile.choices.gpus.max} GPUs"
@@ -284,7 +285,7 @@ def summary(profile: Profile, defaults: SlurmDefaults, gpu_max: int | None = Non
         parts.append(gpu_words(r.gpus) + (f" ({r.gpu_type})" if r.gpu_type else ""))
     if profile.choices.hours:
         parts.append(f"{profile.choices.hours.min} h to {profile.choices.hours.max} h")
-    else:
+    elif r.walltime or defaults.walltime:  # none with the Docker backend: a server runs until stopped
         parts.append(f"up to {hours_minutes(r.walltime or defaults.walltime)}")
     return " · ".join(parts)
 

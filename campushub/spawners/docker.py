@@ -30,7 +30,15 @@ from jupyterhub.utils import random_port
 from tornado import web
 from traitlets import Any, Dict, Float, Instance, Integer, List, default
 
-from ..profiles import Profile, ProfileError, granted_profiles, resolve_request, site_profiles
+from ..profiles import (
+    Profile,
+    ProfileError,
+    granted_profiles,
+    options_form,
+    options_from_form,
+    resolve_request,
+    site_profiles,
+)
 from ..site import DockerSettings, UsersSettings
 from .slurm import SpawnError, unix_account
 
@@ -74,7 +82,7 @@ class _Defaults:
     cpus: float
     memory: str
     partition: str = ""
-    walltime: str = "00:00:00"
+    walltime: str = ""
 
 
 def resolve_container_request(
@@ -236,15 +244,26 @@ class DockerSpawner(dockerspawner.DockerSpawner):
         return image
 
     def options_from_form(self, formdata):
-        from ..profiles import options_from_form
-
         options = options_from_form(formdata)
         self.resolve(options)  # a bad form comes back with the message, before any spawn
         return options
 
     @default("options_form")
     def _no_form(self):
-        return ""
+        return ""  # get_options_form makes the form (DockerSpawner's own would list the images)
+
+    def defaults(self) -> _Defaults:
+        return _Defaults(cpus=self.settings.cpus, memory=self.settings.memory)
+
+    async def get_options_form(self) -> str:
+        """The profiles granted to the user (campushub-spawn-form.html); none when there is nothing to choose."""
+        granted = self.granted_profiles()
+        if len(granted) == 1 and not granted[0].choices.gpus:
+            return ""
+        saved = (self.orm_spawner.user_options if self.orm_spawner is not None else None) or {}
+        # the hub's Jinja environment: a site's JupyterHub.template_paths may hold its own form
+        hub_templates = (getattr(self.user, "settings", None) or {}).get("jinja2_env_sync")
+        return options_form(granted, self.defaults(), "", hub_templates, last=saved)
 
     # --- state ------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.hub import RunningHub
+from tests.cluster.idp import campus_login
 from tests.cluster.images import ensure_image
 from tests.cluster.podman_service import PodmanService
 from tests.cluster.slurm import wait_for
@@ -27,12 +28,13 @@ CRASHING = "localhost/campushub-test-crashing:1"
 NOT_ALLOWED = "localhost/campushub-test-not-allowed:1"
 VOLUME = "campushub-test-home-{username}"
 USERS = ["dk-alice", "dk-bob", "dk-carol", "dk-dave", "dk-erin"]
+BIND_USER = "chub-frank"  # a unix account of tests/integration/conftest.py
 
 
 def remove_test_containers(client) -> None:
     for found in client.containers(all=True, filters={"label": "campushub.user"}):
         user = found["Labels"].get("campushub.user", "")
-        if user in USERS:
+        if user in (*USERS, BIND_USER):
             client.remove_container(found["Id"], force=True, v=True)
     for volume in (client.volumes() or {}).get("Volumes") or []:
         if volume["Name"].startswith("campushub-test-home-"):
@@ -202,6 +204,16 @@ def test_a_file_written_in_a_session_is_there_after_a_new_spawn(hub, engine, tok
     assert r.status_code == 200 and r.json()["content"] == "kept across spawns"
 
 
+def test_the_spawn_page_offers_the_granted_profiles(hub):
+    s = hub.login("dk-erin")
+    r = s.get(f"{hub.url}/hub/spawn/dk-erin", timeout=30)
+    assert r.status_code == 200
+    page = r.content.decode()
+    assert "One GPU" in page and "2 CPU · 768M memory · 1 GPU" in page and "1 CPU · 2G memory" in page
+    assert "runs in a container" in page and "up to" not in page  # no time limit under this backend
+    assert hub.server("dk-erin", hub.token("dk-erin")) is None  # the page alone starts nothing
+
+
 def test_an_image_not_on_the_allow_list_is_refused_and_no_container_is_made(hub, engine, tokens):
     user, token = "dk-erin", tokens["dk-erin"]
     r = hub.spawn(user, token, user_options={"image": NOT_ALLOWED})
@@ -267,3 +279,27 @@ def test_the_engine_out_of_reach_fails_the_spawn_with_a_message(hub, engine, tok
         engine.start()
     # the API back, the running servers are there still
     wait_for(lambda: hub.server("dk-alice", tokens["dk-alice"]), 10, "alice's server")
+
+
+def test_bound_homes_run_the_server_as_the_users_own_account(engine, images, unix_users, tmp_path_factory):
+    site = docker_site(engine, images)
+    site["auth"] = campus_login()
+    site["spawner"]["docker"]["homes"] = "bind"
+    account = unix_users[BIND_USER]
+    running = RunningHub(tmp_path_factory.mktemp("docker-bind-hub"), site).start()
+    try:
+        token = running.token(BIND_USER)
+        running.spawn_and_wait(BIND_USER, token)
+        info = inspect(engine, BIND_USER)
+        status = proc_status(info["State"]["Pid"])
+        assert status["Uid"].split()[0] == str(account.pw_uid) and status["Gid"].split()[0] == str(account.pw_gid)
+        assert proc_environ(info["State"]["Pid"])["HOME"] == account.pw_dir
+        r = running.user_request("PUT", BIND_USER, "api/contents/bound.txt", token,
+                                 json={"type": "file", "format": "text", "content": "in my home"})  # fmt: skip
+        assert r.status_code in (200, 201), r.text
+        written = Path(account.pw_dir) / "bound.txt"
+        assert written.read_text() == "in my home" and written.stat().st_uid == account.pw_uid
+        running.stop_server(BIND_USER, token)
+        assert containers_of(engine, BIND_USER) == []
+    finally:
+        running.close()
