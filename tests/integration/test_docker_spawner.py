@@ -79,6 +79,11 @@ def images(engine):
     return image
 
 
+def home_of(engine, image: str) -> str:
+    """Where the image's user works: its WORKDIR (its home), else the usual /home/jovyan."""
+    return (engine.client().inspect_image(image).get("Config") or {}).get("WorkingDir") or "/home/jovyan"
+
+
 def docker_site(engine, image) -> dict:
     return {
         "scheduler": {"enabled": False},
@@ -97,6 +102,7 @@ def docker_site(engine, image) -> dict:
                 "ulimits": {"nofile": 1024, "nproc": 1024},
                 "pull_policy": "never",
                 "home_volume": VOLUME,
+                "home_path": home_of(engine, image),
             },
         },
         "profiles": [
@@ -154,8 +160,12 @@ def spawn_failure(hub, user: str, token: str, **body) -> str:
 
 
 def test_two_users_get_their_own_unprivileged_containers_with_limits_and_disjoint_gpus(hub, engine, tokens):
-    hub.spawn_and_wait("dk-alice", tokens["dk-alice"], user_options={"profile": "gpu"})
-    hub.spawn_and_wait("dk-bob", tokens["dk-bob"], user_options={"profile": "gpu"})
+    # both at once: the pool is handed out under one lock
+    for user in ("dk-alice", "dk-bob"):
+        r = hub.spawn(user, tokens[user], user_options={"profile": "gpu"})
+        assert r.status_code in (201, 202), r.text
+    for user in ("dk-alice", "dk-bob"):
+        wait_for(lambda u=user: (hub.server(u, tokens[u]) or {}).get("ready"), 90, f"{user}'s server")
     seen = {}
     for user in ("dk-alice", "dk-bob"):
         info = inspect(engine, user)
