@@ -354,7 +354,8 @@ class DockerSettings(Section):
     home_volume: str = Field(
         "campushub-home-{username}",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*(\{username\}[A-Za-z0-9_.-]*)+$",
-        description="Name of a user's volume (homes: volume); '{username}' is replaced and must appear.",
+        description="Name of a user's volume (homes: volume); '{username}' must appear, and is replaced by the user "
+        "name, escaped as DockerSpawner does when it holds other than a-z, 0-9, '.' and '_' (ada-l: ada-2dl).",
     )
     home_path: str = Field(
         "/home/jovyan",
