@@ -230,6 +230,9 @@ def test_an_image_not_on_the_allow_list_is_refused_and_no_container_is_made(hub,
     assert r.status_code == 400, r.text
     assert NOT_ALLOWED in r.json()["message"]
     assert hub.server(user, token) is None
+    # nor is the refused option kept as the server's options, to come back at the next start
+    servers = hub.api("GET", f"/users/{user}?include_stopped_servers", token).json()["servers"]
+    assert NOT_ALLOWED not in str(servers.get("", {}).get("user_options")), servers
     assert containers_of(engine, user) == []
     images = [tag for found in engine.client().images() for tag in found.get("RepoTags") or []]
     assert not any(NOT_ALLOWED in tag for tag in images)
