@@ -468,6 +468,17 @@ class DockerSpawner(dockerspawner.DockerSpawner):
             self.log.warning("Could not remove container %s of %s: %s", self.object_id[:12], self._log_name, e)
         self.object_id = ""
 
+    async def poll(self):
+        """Only a definite answer from the engine ends a server: while the engine is out of reach, a server with a
+        container is left running (and one without is not)."""
+        try:
+            return await super().poll()
+        except _ENGINE_ERRORS as e:
+            if not self.object_id:
+                return 0
+            self.log.warning("Could not ask the engine about %s's container, keeping it: %s", self._log_name, e)
+            return None
+
     async def stop(self, now=False):
         if not self.object_id and not await self.get_object():
             self.clear_state()

@@ -290,8 +290,9 @@ def test_the_engine_out_of_reach_fails_the_spawn_with_a_message(hub, engine, tok
         assert hub.server(user, token) is None
     finally:
         engine.start()
-    # the API back, the running servers are there still
-    wait_for(lambda: hub.server("dk-alice", tokens["dk-alice"]), 10, "alice's server")
+    # the API back: the running servers are there still, and spawns work again
+    assert hub.server("dk-alice", tokens["dk-alice"])["ready"]
+    hub.spawn_and_wait(user, token, user_options={"profile": "cpu"})
 
 
 def test_bound_homes_run_the_server_as_the_users_own_account(engine, images, unix_users, tmp_path_factory):
