@@ -28,11 +28,12 @@ import dockerspawner
 import requests
 from jupyterhub.utils import random_port
 from tornado import web
-from traitlets import Any, Dict, Float, Instance, Integer, List, default
+from traitlets import Any, Dict, Float, Instance, Integer, List, Unicode, default
 
 from ..profiles import (
     Profile,
     ProfileError,
+    gpu_words,
     granted_profiles,
     options_form,
     options_from_form,
@@ -166,6 +167,7 @@ class DockerSpawner(dockerspawner.DockerSpawner):
     request = Any(None, help="The validated ContainerRequest of the current spawn.")
     gpu_devices = List(help="The host devices of this server's GPUs. Kept in the hub database.")
     accepted_options = Dict(help="The user_options of the last spawn that was accepted. Kept in the hub database.")
+    phase = Unicode("", help="What the spawn does now, in words for the spawn page.")
 
     _gpu_lock: asyncio.Lock | None = None
 
@@ -368,6 +370,9 @@ class DockerSpawner(dockerspawner.DockerSpawner):
                     )
                 self.gpu_devices = free[: self.request.gpus]
                 labels[GPU_LABEL] = ",".join(self.gpu_devices)
+                self.phase = (
+                    f"Creating your container with {gpu_words(len(self.gpu_devices))}: {', '.join(self.gpu_devices)}"
+                )
             self.extra_host_config = self.host_config()
             self.extra_create_kwargs = create
             obj = await super().create_object()
@@ -399,6 +404,7 @@ class DockerSpawner(dockerspawner.DockerSpawner):
         if self.settings.network == "host":
             # the server listens on the host's loopback, on a free port: the proxy on this host reaches it
             self.ip, self.port = "127.0.0.1", random_port()
+        self.phase = f"Preparing your container ({request.profile}) from {request.image}"
         try:
             ip, port = await super().start()
         except web.HTTPError:
@@ -413,8 +419,18 @@ class DockerSpawner(dockerspawner.DockerSpawner):
         except _ENGINE_ERRORS as e:
             await self.remove_quietly()
             raise SpawnError(self.engine_words(e), details=_explain(e), details_title="What the engine said") from None
+        self.phase = "Your container runs: starting JupyterLab"
         await self.wait_for_server(ip, port)
         return ip, port
+
+    async def progress(self):
+        """The spawn's phases, as they come (JupyterHub ends this when the spawn ends)."""
+        shown = ""
+        while True:
+            if self.phase and self.phase != shown:
+                shown = self.phase
+                yield {"message": shown}
+            await asyncio.sleep(0.25)
 
     def engine_words(self, e: Exception) -> str:
         if isinstance(e, docker.errors.APIError) and e.response is not None:

@@ -165,3 +165,55 @@ def test_memory_sizes_and_the_engine_socket():
     assert exposes_engine("/run/podman", "unix:///run/podman/podman.sock")
     assert exposes_engine("/srv/x/docker.sock", "tcp://10.0.0.1:2376")
     assert not exposes_engine("/home/ada", "unix:///var/run/docker.sock")
+
+
+def spawner(docker=None, user="ada"):
+    from types import SimpleNamespace
+
+    from traitlets.config import Config
+
+    from campushub.spawners.docker import DockerSpawner
+
+    c = Config()
+    c.DockerSpawner.settings = site({"gpus": ["/dev/nvidia0", "/dev/nvidia1"], **(docker or {})}).spawner.docker
+    c.DockerSpawner.profiles = list(PROFILES)
+    who = SimpleNamespace(name=user, url=f"/user/{user}/", escaped_name=user, admin=False, groups=[])
+    return DockerSpawner(config=c, user=who)
+
+
+def test_every_container_is_unprivileged_and_gets_only_its_own_gpus():
+    s = spawner({"gpu_support_devices": ["/dev/nvidiactl"], "runtime": "runc", "ulimits": {"nofile": 1024}})
+    config = s.host_config()
+    assert config["cap_drop"] == ["ALL"] and config["security_opt"] == ["no-new-privileges"]
+    assert config["privileged"] is False and config["auto_remove"] is False
+    assert config["devices"] == [] and config["runtime"] == "runc"
+    assert config["ulimits"] == [{"name": "nofile", "soft": 1024, "hard": 1024}]
+    s.gpu_devices = ["/dev/nvidia1"]
+    assert s.host_config()["devices"] == ["/dev/nvidia1:/dev/nvidia1:rwm", "/dev/nvidiactl:/dev/nvidiactl:rwm"]
+
+
+def test_the_spawners_state_keeps_its_gpus():
+    s = spawner()
+    s.gpu_devices = ["/dev/nvidia1"]
+    state = s.get_state()
+    assert state["gpu_devices"] == ["/dev/nvidia1"]
+    again = spawner()
+    again.load_state(state)
+    assert again.gpu_devices == ["/dev/nvidia1"]
+    again.clear_state()
+    assert again.gpu_devices == [] and "gpu_devices" not in again.get_state()
+
+
+def test_a_users_volume_name():
+    assert spawner().volume_name() == "campushub-home-ada"
+    assert spawner(user="ada-l").volume_name() == "campushub-home-ada-2dl"
+
+
+async def test_progress_shows_each_phase_once():
+    s = spawner()
+    events = s.progress()
+    s.phase = "Preparing your container"
+    assert await anext(events) == {"message": "Preparing your container"}
+    s.phase = "Your container runs: starting JupyterLab"
+    assert await anext(events) == {"message": "Your container runs: starting JupyterLab"}
+    await events.aclose()
