@@ -61,6 +61,8 @@ def page_vars(site: Site) -> dict:
         "description": b.description,
         "support": support,
         "support_url": f"mailto:{support}" if support and "://" not in support else support,
+        # where servers run, for the spawn page's words: slurm, docker or local
+        "backend": site.spawner.backend,
     }
 
 
@@ -188,6 +190,8 @@ def apply_spawner(c: Config, site: Site, state: StateDir) -> None:
     c.Spawner.poll_interval = s.running_check_interval
     if s.backend == "local":
         apply_local(c, site, state)
+    elif s.backend == "docker":
+        apply_docker(c, site, state)
     else:
         apply_slurm(c, site, state)
 
@@ -219,6 +223,17 @@ def apply_slurm(c: Config, site: Site, state: StateDir) -> None:
     c.SlurmSpawner.users = site.users
     c.SlurmSpawner.profiles = list(site.profiles)
     c.SlurmSpawner.timezone = site.branding.timezone or ""
+
+
+def apply_docker(c: Config, site: Site, state: StateDir) -> None:
+    from .spawners.docker import DockerSpawner
+
+    c.JupyterHub.spawner_class = DockerSpawner
+    c.DockerSpawner.settings = site.spawner.docker
+    c.DockerSpawner.users = site.users
+    c.DockerSpawner.profiles = list(site.profiles)
+    # the image's jupyterhub-singleuser, whatever its own command
+    c.DockerSpawner.cmd = ["jupyterhub-singleuser"]
 
 
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
@@ -337,12 +352,13 @@ def configurable_classes() -> dict[str, type]:
     from oauthenticator.github import GitHubOAuthenticator
 
     from .auth import CampusGitHubOAuthenticator, CampusOIDCAuthenticator
+    from .spawners.docker import DockerSpawner
     from .spawners.local import LocalSpawner
     from .spawners.slurm import SlurmSpawner
 
     found: dict[str, type] = {}
     for cls in [
-        *JupyterHub().classes, LocalProcessSpawner, SimpleLocalProcessSpawner, LocalSpawner, SlurmSpawner,
+        *JupyterHub().classes, LocalProcessSpawner, SimpleLocalProcessSpawner, LocalSpawner, SlurmSpawner, DockerSpawner,
         GenericOAuthenticator, GitHubOAuthenticator, CampusOIDCAuthenticator, CampusGitHubOAuthenticator,
     ]:  # fmt: skip
         for parent in cls.mro():
@@ -355,6 +371,7 @@ def extra_config_problems(extra: dict[str, dict]) -> list[str]:
     """One line per unknown class or setting in hub.extra_config, with the nearest valid name."""
     from difflib import get_close_matches
 
+    from .spawners.docker import SITE_SETTINGS as DOCKER_SITE_SETTINGS
     from .spawners.slurm import RETIRED_SETTINGS
 
     classes = configurable_classes()
@@ -369,6 +386,8 @@ def extra_config_problems(extra: dict[str, dict]) -> list[str]:
         for key in settings:
             if key in RETIRED_SETTINGS and issubclass(cls, classes["BatchSpawnerBase"]):
                 problems.append(f"{name}.{key}: does nothing in CampusHub: set {RETIRED_SETTINGS[key]}")
+            elif key in DOCKER_SITE_SETTINGS and issubclass(cls, classes["DockerSpawner"]):
+                problems.append(f"{name}.{key}: the site file sets it: {DOCKER_SITE_SETTINGS[key]}")
             elif key not in known:
                 near = get_close_matches(key, known, n=1)
                 problems.append(

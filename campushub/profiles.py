@@ -56,14 +56,22 @@ class Range(Model):
 
 class Resources(Model):
     partition: SlurmName | None = Field(None, description="Slurm partition [spawner.slurm.partition].")
-    cpus: int | None = Field(None, ge=1, le=1024, description="CPUs [spawner.slurm.cpus].")
-    memory: Memory | None = Field(None, description="Memory, e.g. 16G [spawner.slurm.memory].")
+    cpus: int | None = Field(
+        None, ge=1, le=1024, description="CPUs [spawner.slurm.cpus]; Docker: the CPU limit [spawner.docker.cpus]."
+    )
+    memory: Memory | None = Field(
+        None, description="Memory, e.g. 16G [spawner.slurm.memory]; Docker: the limit [spawner.docker.memory]."
+    )
     gpus: int = Field(0, ge=0, le=64, description="GPUs (the default when choices.gpus is set) [0].")
     gpu_type: SlurmName | None = Field(None, description="GPU type in Slurm's gres, e.g. a100 [any].")
     walltime: Walltime | None = Field(
         None,
         description="Time limit as [days-]hours:minutes:seconds (the default when choices.hours is set) "
         "[spawner.slurm.walltime].",
+    )
+    image: str | None = Field(
+        None,
+        description="Docker backend: the image, one of spawner.docker.images [spawner.docker.default_image].",
     )
 
 
@@ -266,7 +274,8 @@ def gpu_words(count: int, gpu_type: str | None = None) -> str:
 
 def summary(profile: Profile, defaults: SlurmDefaults, gpu_max: int | None = None) -> str:
     r = profile.resources
-    parts = [f"{r.cpus or defaults.cpus} CPU", f"{r.memory or defaults.memory} memory"]
+    cpus = r.cpus or defaults.cpus
+    parts = [f"{int(cpus) if cpus == int(cpus) else cpus} CPU", f"{r.memory or defaults.memory} memory"]
     if profile.choices.gpus:
         parts.append(
             f"{profile.choices.gpus.min}-{gpu_max or profile.choices.gpus.max} GPUs"
@@ -276,7 +285,7 @@ def summary(profile: Profile, defaults: SlurmDefaults, gpu_max: int | None = Non
         parts.append(gpu_words(r.gpus) + (f" ({r.gpu_type})" if r.gpu_type else ""))
     if profile.choices.hours:
         parts.append(f"{profile.choices.hours.min} h to {profile.choices.hours.max} h")
-    else:
+    elif r.walltime or defaults.walltime:  # none with the Docker backend: a server runs until stopped
         parts.append(f"up to {hours_minutes(r.walltime or defaults.walltime)}")
     return " · ".join(parts)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -307,12 +308,120 @@ class LocalSettings(Section):
     )
 
 
+ImageRef = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")]
+DevicePath = Annotated[str, Field(pattern=r"^/dev/[A-Za-z0-9._/-]+$")]
+
+
+class Ulimits(Section):
+    nofile: int | None = Field(None, ge=-1, description="Open files (-1: unlimited) [the engine's].")
+    nproc: int | None = Field(None, ge=-1, description="Processes (-1: unlimited) [the engine's].")
+    memlock: int | None = Field(None, ge=-1, description="Locked memory in bytes (-1: unlimited) [the engine's].")
+
+
+class DockerSettings(Section):
+    url: str = Field(
+        "unix:///var/run/docker.sock",
+        description="The Docker API the hub creates servers' containers through: Docker's socket "
+        "(unix:///var/run/docker.sock), or `podman system service`'s (unix:///run/podman/podman.sock). "
+        "Only the hub uses it; no container gets it.",
+    )
+    images: list[ImageRef] = Field(
+        min_length=1,
+        description="The images servers may run (the allow-list), as the engine names them "
+        "(e.g. registry.campus.edu/campushub/lab:2026.11). A profile or a user's `image` option names one of "
+        "them; any other is refused. They must be on the engine already (or pullable by it).",
+    )
+    default_image: ImageRef | None = Field(
+        None, description="The image of a spawn that names none (one of images). Unset: the first of images."
+    )
+    gpus: list[DevicePath] = Field(
+        [],
+        description="The host's GPU devices (e.g. /dev/nvidia0, /dev/nvidia1): the pool a profile's GPUs are "
+        "taken from. A device belongs to one running server at a time, and the container sees only its own.",
+    )
+    gpu_support_devices: list[DevicePath] = Field(
+        [],
+        description="Devices every GPU server gets besides its GPUs (e.g. /dev/nvidiactl, /dev/nvidia-uvm).",
+    )
+    cpus: float = Field(1, gt=0, le=1024, description="CPU limit of a server whose profile sets none (cpu_limit).")
+    memory: Memory = Field("2G", description="Memory limit of a server whose profile sets none (mem_limit), e.g. 4G.")
+    homes: Literal["volume", "bind"] = Field(
+        "volume",
+        description="Where a user's files live. 'volume': a Docker volume per user (home_volume), mounted at "
+        "home_path and run as the image's own non-root user. 'bind': the user's unix home on the hub host, "
+        "mounted at the same path, and the container runs as the user's uid and gid (needs unix accounts).",
+    )
+    home_volume: str = Field(
+        "campushub-home-{username}",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*(\{username\}[A-Za-z0-9_.-]*)+$",
+        description="Name of a user's volume (homes: volume); '{username}' must appear, and is replaced by the user "
+        "name, escaped as DockerSpawner does when it holds other than a-z, 0-9, '.' and '_' (ada-l: ada-2dl).",
+    )
+    home_path: str = Field(
+        "/home/jovyan",
+        pattern=r"^/[A-Za-z0-9._/-]*$",
+        description="Where the volume is mounted in the container (homes: volume): the home of the image's user.",
+    )
+    network: str = Field(
+        "bridge",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Docker network of the containers. 'host': the host's network (the server listens on a free "
+        "port of the host; it reaches the hub at hub.hub_ip). Another network: the hub must be reachable from "
+        "it (hub.hub_connect_url).",
+    )
+    pull_policy: Literal["ifnotpresent", "never", "always"] = Field(
+        "ifnotpresent",
+        description="Pull an image the engine lacks ('ifnotpresent'), never pull ('never': the images are loaded "
+        "onto the host beforehand), or pull at every spawn ('always').",
+    )
+    runtime: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="OCI runtime of the containers (e.g. runc). Unset: the engine's default.",
+    )
+    ulimits: Ulimits = Field(
+        {},
+        description="Resource limits set in every container, soft and hard alike (podman's API service needs "
+        "nofile and nproc, e.g. 1024).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _an_api_address(cls, value: str) -> str:
+        if not re.fullmatch(r"unix:///\S+|tcp://[^\s/]+|ssh://[^\s/]+", value):
+            raise ValueError(
+                f"{value!r} is not a Docker API address: give unix:///var/run/docker.sock (a socket), "
+                "tcp://host:2376 or ssh://user@host"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DockerSettings:
+        if len(set(self.images)) != len(self.images):
+            raise ValueError("images: an image is listed twice")
+        if self.default_image is not None and self.default_image not in self.images:
+            raise ValueError(f"default_image: {self.default_image!r} is not one of images")
+        twice = sorted({d for d in self.gpus if self.gpus.count(d) > 1})
+        if twice:
+            raise ValueError(f"gpus: listed more than once: {', '.join(twice)}")
+        shared = sorted(set(self.gpus) & set(self.gpu_support_devices))
+        if shared:
+            raise ValueError(f"gpu_support_devices: also in gpus: {', '.join(shared)}")
+        return self
+
+    @property
+    def image(self) -> str:
+        """The default image."""
+        return self.default_image or self.images[0]
+
+
 class SpawnerSettings(Section):
-    backend: Literal["local", "slurm"] = Field(
+    backend: Literal["local", "slurm", "docker"] = Field(
         "local",
         description="Where servers run. 'local': processes on the hub host, each as the user's own unix account "
         "(the hub runs as root); with the demo's shared-password login, as the hub's own account (no "
-        "isolation between users). 'slurm': each server is a Slurm job of the user's unix account.",
+        "isolation between users). 'slurm': each server is a Slurm job of the user's unix account. 'docker': each "
+        "server is a container, through a Docker API (spawner.docker).",
     )
     start_timeout: int = Field(
         300, ge=10, description="Seconds a server may take to start (queue wait included) before the spawn fails."
@@ -323,6 +432,7 @@ class SpawnerSettings(Section):
     )
     slurm: SlurmSettings | None = Field(None, description="Settings of the Slurm backend.")
     local: LocalSettings = Field({}, description="Settings of the local backend.")
+    docker: DockerSettings | None = Field(None, description="Settings of the Docker backend.")
 
     @model_validator(mode="before")
     @classmethod
@@ -333,6 +443,8 @@ class SpawnerSettings(Section):
     def _backend_settings(self) -> SpawnerSettings:
         if self.backend == "slurm" and self.slurm is None:
             raise ValueError("spawner.slurm is required when spawner.backend is slurm")
+        if self.backend == "docker" and self.docker is None:
+            raise ValueError("spawner.docker is required when spawner.backend is docker")
         return self
 
 
@@ -510,6 +622,15 @@ class Site(Section):
         return self
 
     @model_validator(mode="after")
+    def _bound_homes_need_accounts(self) -> Site:
+        if self.auth.kind == "shared-password" and self.spawner.docker and self.spawner.docker.homes == "bind":
+            raise ValueError(
+                "spawner.docker.homes: bind mounts users' unix homes, which needs a campus login (oidc or github), "
+                "not shared-password"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _admins_by_group_only(self) -> Site:
         if self.auth.kind == "oidc" and self.auth.oidc.admin_groups_only and self.auth.admin_users:
             raise ValueError("auth.admin_users: auth.oidc.admin_groups_only is set: admins come from admin_groups")
@@ -517,8 +638,35 @@ class Site(Section):
 
     @model_validator(mode="after")
     def _profiles_need_slurm(self) -> Site:
-        if self.profiles and self.spawner.backend != "slurm":
-            raise ValueError("profiles: need spawner.backend: slurm")
+        if self.profiles and self.spawner.backend not in ("slurm", "docker"):
+            raise ValueError("profiles: need spawner.backend: slurm or docker")
+        return self
+
+    @model_validator(mode="after")
+    def _profiles_fit_the_backend(self) -> Site:
+        docker = self.spawner.docker
+        problems = []
+        for i, p in enumerate(self.profiles):
+            r = p.resources
+            if r.image and docker is None:
+                problems.append(f"profiles[{i}].resources.image: needs spawner.docker (its images)")
+            elif r.image and r.image not in docker.images:
+                problems.append(f"profiles[{i}].resources.image: {r.image!r} is not one of spawner.docker.images")
+            if self.spawner.backend != "docker":
+                continue
+            for key in ("partition", "gpu_type", "walltime"):
+                if getattr(r, key) is not None:
+                    problems.append(f"profiles[{i}].resources.{key}: is for Slurm; spawner.backend is docker")
+            if p.choices.hours:
+                problems.append(f"profiles[{i}].choices.hours: is for Slurm; spawner.backend is docker")
+            most = p.choices.gpus.max if p.choices.gpus else r.gpus
+            if most > len(docker.gpus):
+                problems.append(
+                    f"profiles[{i}].resources.gpus: asks for up to {most} GPUs; spawner.docker.gpus lists "
+                    f"{len(docker.gpus)}"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 

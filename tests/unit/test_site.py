@@ -92,8 +92,10 @@ def test_top_level_must_be_a_mapping():
 SLURM = {"backend": "slurm", "slurm": {"partition": "gpu"}}
 
 
-def test_profiles_need_the_slurm_backend():
-    assert problems({"profiles": [{"slug": "cpu", "display_name": "CPU"}]}) == ["profiles: need spawner.backend: slurm"]
+def test_profiles_need_the_slurm_or_docker_backend():
+    assert problems({"profiles": [{"slug": "cpu", "display_name": "CPU"}]}) == [
+        "profiles: need spawner.backend: slurm or docker"
+    ]
 
 
 def test_profile_errors_name_the_profile_and_key():
