@@ -158,9 +158,17 @@ bench: test-system-packages install singleuser-env
 bench-scheduler: install
 	$(VENV)/bin/python -m benchmarks.scheduler $(BENCH_ARGS)
 
-# Courses benchmark (as root, a few minutes): `campushub course apply` of a 1,000-student roster against a real
-# hub, then again with nothing to change (targets 15 s and 2 s), beside one REST call per student.
+# Courses benchmark (as root, a few minutes): `campushub course apply` of a 1,000-student roster with a GPU quota
+# against a real hub and the test harness's Slurm with accounting, then again with nothing to change (targets
+# 15 s and 2 s), beside one REST call per student and sacctmgr.
 # BENCH_ARGS="--write docs/benchmarks.md" refreshes its section of the results page; --rounds 1 for a quick check.
 .PHONY: bench-courses
-bench-courses: install
+bench-courses: test-system-packages install
 	$(VENV)/bin/python -m benchmarks.courses $(BENCH_ARGS)
+
+# Docker backend benchmark (as root, a few minutes): spawn to ready through the Docker backend (podman's Docker
+# API) against the bare `podman run` of the same image, then 10 users at once (targets 1.3x and no failure).
+# BENCH_ARGS="--write docs/benchmarks.md" refreshes its section of the results page; --rounds 2 for a quick check.
+.PHONY: bench-docker
+bench-docker: test-system-packages install
+	$(VENV)/bin/python -m benchmarks.docker $(BENCH_ARGS)

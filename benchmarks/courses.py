@@ -37,6 +37,8 @@ from tests.cluster.lock import machine_lock
 from tests.cluster.slurm import SlurmCluster
 from tests.cluster.users import create_users, remove_user
 
+from .report import write_section
+
 INSTRUCTOR = "chb-course-prof"
 ADMIN = "chb-course-admin"
 SCOPES = ["admin:users", "admin:groups"]
@@ -207,20 +209,6 @@ def results_block(res: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(path: Path, res: dict) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if (RESULTS_START in text) != (RESULTS_END in text):
-        raise ValueError(f"{path} has only one of the courses results markers: nothing written")
-    block = results_block(res)
-    if RESULTS_START in text:
-        head, rest = text.split(RESULTS_START, 1)
-        _, tail = rest.split(RESULTS_END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n" + SECTION + block + "\n"
-    path.write_text(text)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.courses", description=__doc__.split("\n\n")[0])
     p.add_argument("--students", type=int, default=1000, help="students a course (default 1000)")
@@ -240,7 +228,7 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     if args.write:
-        write_doc(Path(args.write), res)
+        write_section(Path(args.write), RESULTS_START, RESULTS_END, SECTION, block)
         log(f"results written into {args.write}")
     return 0
 

@@ -231,3 +231,19 @@ def write_doc(path: Path, res: dict) -> None:
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(NEW_PAGE + block + "\n")
+
+
+def write_section(path: Path, start: str, end: str, section: str, block: str) -> None:
+    """Replace what lies between a benchmark's markers (start, end) with its results block; a page without
+    them (or no page) gets the section (its title and method) and the block at its end. The rest stays."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if (start in text) != (end in text):
+        raise ValueError(f"{path} has only one of the markers {start} ... {end}: nothing written")
+    if start in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n" + section + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

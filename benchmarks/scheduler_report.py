@@ -13,7 +13,7 @@ import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from .report import fmt
+from .report import fmt, write_section
 from .stats import bootstrap, pct, ready_seconds, summary
 
 TARGET_OVERHEAD = 1.5  # seconds more than bare papermill, at the median
@@ -284,13 +284,4 @@ def write_doc(path: Path, res: dict) -> None:
     problem = page_problem(path)
     if problem:
         raise ValueError(problem)
-    block = results_block(res)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if RESULTS_START in text:
-        head, rest = text.split(RESULTS_START, 1)
-        _, tail = rest.split(RESULTS_END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n" + SECTION + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_section(path, RESULTS_START, RESULTS_END, SECTION, results_block(res))

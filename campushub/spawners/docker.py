@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any as AnyType
 
@@ -44,6 +45,7 @@ from ..site import DockerSettings, UsersSettings
 from .slurm import SpawnError, unix_account
 
 GPU_LABEL = "campushub.gpus"
+LISTEN_CHECK_INTERVAL = 0.05  # seconds between tries of a starting server's port
 USER_LABEL = "campushub.user"
 
 # DockerSpawner's settings that the site file models, and what to set instead (hub.extra_config refuses them).
@@ -448,25 +450,32 @@ class DockerSpawner(dockerspawner.DockerSpawner):
         return await super().get_ip_and_port()
 
     async def wait_for_server(self, ip: str, port: int) -> None:
-        """Until the server listens; a container that ends first fails the spawn at once, with its log."""
+        """Until the server listens; a container that ends first fails the spawn at once, with its log.
+        The port is tried often (a local connect), the engine asked every startup_check_interval."""
+        asked = -self.startup_check_interval
         while True:
-            try:
-                info = await self.docker("inspect_container", self.container_id)
-            except _ENGINE_ERRORS as e:
-                raise SpawnError(self.engine_words(e), details=_explain(e)) from None
-            state = info.get("State") or {}
-            if not state.get("Running"):
-                tail = await self.container_log_tail()
-                await self.remove_quietly()
-                self.clear_state()
-                raise SpawnError(
-                    f"Your server's container exited (code {state.get('ExitCode')}) before its server started.",
-                    details=tail,
-                    details_title="Last lines of its log",
-                )
+            if time.monotonic() - asked >= self.startup_check_interval:
+                asked = time.monotonic()
+                await self.check_running()
             if await _listens(ip, port):
                 return
-            await asyncio.sleep(self.startup_check_interval)
+            await asyncio.sleep(LISTEN_CHECK_INTERVAL)
+
+    async def check_running(self) -> None:
+        try:
+            info = await self.docker("inspect_container", self.container_id)
+        except _ENGINE_ERRORS as e:
+            raise SpawnError(self.engine_words(e), details=_explain(e)) from None
+        state = info.get("State") or {}
+        if not state.get("Running"):
+            tail = await self.container_log_tail()
+            await self.remove_quietly()
+            self.clear_state()
+            raise SpawnError(
+                f"Your server's container exited (code {state.get('ExitCode')}) before its server started.",
+                details=tail,
+                details_title="Last lines of its log",
+            )
 
     async def container_log_tail(self) -> str:
         try:

@@ -150,3 +150,19 @@ def test_a_run_whose_stock_spawns_all_failed_is_still_reported():
     text = console(res)
     assert "| stock batchspawner 1.3.0 (SlurmSpawner), sequential (1 user) | 0 (3 failed) |" in text
     assert "Stock batchspawner: no spawn ready." in text
+
+
+def test_a_benchmark_section_is_replaced_between_its_markers_and_the_rest_kept(tmp_path):
+    from benchmarks.report import write_section
+
+    page = tmp_path / "benchmarks.md"
+    start, end = "<!-- x:start -->", "<!-- x:end -->"
+    write_section(page, start, end, "\n## X\n\nmethod\n\n", f"{start}\nfirst\n{end}")
+    assert page.read_text() == f"# Benchmarks\n\n## X\n\nmethod\n\n{start}\nfirst\n{end}\n"
+    page.write_text(page.read_text() + "\nreading, by hand\n")
+    write_section(page, start, end, "\n## X\n\nmethod\n\n", f"{start}\nsecond\n{end}")
+    assert page.read_text() == f"# Benchmarks\n\n## X\n\nmethod\n\n{start}\nsecond\n{end}\n\nreading, by hand\n"
+    page.write_text(f"{start} only one marker")
+    with pytest.raises(ValueError, match="only one of the markers"):
+        write_section(page, start, end, "", "")
+    assert page.read_text() == f"{start} only one marker"
