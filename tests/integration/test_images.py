@@ -52,8 +52,8 @@ class Server:
         self.name, self.port, self.token = name, port, token
         self.url = f"http://127.0.0.1:{port}"
 
-    def get(self, path: str, **kw) -> requests.Response:
-        return requests.get(f"{self.url}/{path}", headers={"Authorization": f"token {self.token}"}, timeout=30, **kw)
+    def get(self, path: str, timeout: float = 30) -> requests.Response:
+        return requests.get(f"{self.url}/{path}", headers={"Authorization": f"token {self.token}"}, timeout=timeout)
 
     def up(self) -> bool:
         state = podman("inspect", "--format", "{{.State.Status}}", self.name).stdout.strip()

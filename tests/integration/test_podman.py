@@ -1,12 +1,12 @@
 """A user's server in a rootless podman container inside its Slurm job, for real.
 
 The image is CampusHub's own (images/, built as `make images` builds it), set up as a site sets it
-up (docs/slurm.md, containers): root copies it once into a shared, read-only image store, and each
-user's podman reads that store (`additionalimagestores`), so nobody pulls or loads anything and the
-site file names the image alone, with no runtime options. The per-user podman settings a site puts
-in /etc/containers (this test writes them into the test user's ~/.config/containers instead, so that
-the machine's own podman is left alone): the shared store, and, because crun cannot set rlimits on
-this machine, the runc runtime with explicit ulimits.
+up (docs/slurm.md, containers): root saves it once to an archive readable by all, and the user's
+podman loads it into their own storage (rootless storage is per user), so the site file names the
+image alone, with no runtime options. The per-user podman settings a site puts in
+/etc/containers/containers.conf (this test writes them into the test user's ~/.config/containers
+instead, so that the machine's own podman is left alone): because crun cannot set rlimits on this
+machine, the runc runtime with explicit ulimits.
 """
 
 from __future__ import annotations
@@ -25,12 +25,6 @@ from tests.cluster.images import ensure_image
 from tests.cluster.slurm import wait_for
 
 USER = "chub-erin"
-STORAGE_CONF = """[storage]
-driver = "overlay"
-
-[storage.options]
-additionalimagestores = ["{store}"]
-"""
 CONTAINERS_CONF = """[containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 
@@ -39,54 +33,32 @@ runtime = "runc"
 """
 
 
-def shared_store(image: str) -> Path:
-    """The image copied into a read-only image store readable by all (what the site does once per image)."""
-    store = Path(tempfile.mkdtemp(prefix="campushub-image-store-"))
-    store.chmod(0o755)
-    archive = store.parent / f"{store.name}.tar"
-    try:
-        saved = subprocess.run(["podman", "save", "--format", "oci-archive", "-o", str(archive), image],
-                               capture_output=True, text=True, timeout=600)  # fmt: skip
-        assert saved.returncode == 0, saved.stderr
-        loaded = subprocess.run(
-            ["podman", "--root", str(store), "--storage-driver", "overlay", "load", "-i", str(archive)],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert loaded.returncode == 0, loaded.stderr
-        # podman load names an oci-archive's image by the name saved with it
-        tagged = subprocess.run(["podman", "--root", str(store), "--storage-driver", "overlay", "images",
-                                 "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True)  # fmt: skip
-        assert image in tagged.stdout.split(), tagged.stdout
-    finally:
-        archive.unlink(missing_ok=True)
-    subprocess.run(["chmod", "-R", "a+rX", str(store)], check=True)
-    return store
-
-
 @pytest.fixture(scope="module")
 def image(unix_users):
     reference = ensure_image("cpu")
-    store = shared_store(reference)
     account = unix_users[USER]
     config = Path(account.pw_dir) / ".config" / "containers"
+    folder = Path(tempfile.mkdtemp(prefix="campushub-image-"))  # readable by the user, unlike pytest's
     try:
-        for line in ("mkdir -p ~/.config/containers",):
-            subprocess.run(["runuser", "-u", USER, "--", "sh", "-c", line], check=True)
-        (config / "storage.conf").write_text(STORAGE_CONF.format(store=store))
+        folder.chmod(0o755)
+        archive = folder / "campushub-singleuser.tar"
+        saved = subprocess.run(["podman", "save", "--format", "oci-archive", "-o", str(archive), reference],
+                               capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert saved.returncode == 0, saved.stderr
+        archive.chmod(0o644)
+        subprocess.run(["runuser", "-u", USER, "--", "mkdir", "-p", str(config)], check=True)
         (config / "containers.conf").write_text(CONTAINERS_CONF)
-        for name in ("storage.conf", "containers.conf"):
-            os.chown(config / name, account.pw_uid, account.pw_gid)
-        seen = subprocess.run(
-            ["runuser", "-l", USER, "-c", f"podman image exists {reference}"], capture_output=True, text=True
-        )
-        assert seen.returncode == 0, f"the user's podman does not see {reference}: {seen.stderr}"
+        os.chown(config / "containers.conf", account.pw_uid, account.pw_gid)
+        loaded = subprocess.run(
+            ["runuser", "-l", USER, "-c", f"podman load -q -i {archive} && podman image exists {reference}"],
+            capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert loaded.returncode == 0, f"the user's podman did not load {reference}: {loaded.stderr}"
         yield reference
     finally:
+        shutil.rmtree(folder, ignore_errors=True)
         subprocess.run(["runuser", "-l", USER, "-c", "podman system reset --force"], capture_output=True)
         shutil.rmtree(config, ignore_errors=True)
-        subprocess.run(["podman", "--root", str(store), "--storage-driver", "overlay", "system", "reset", "--force"],
-                       capture_output=True)  # fmt: skip
-        shutil.rmtree(store, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
