@@ -35,15 +35,19 @@ DEMO_PACKAGES := python3-venv $(NODE_PACKAGES)
 # podman, runc, uidmap, slirp4netns: a user's server in a rootless podman container (tests/integration/test_podman.py).
 # postgresql: the scheduler's store on PostgreSQL; the tests run a throwaway server of their own (tests/cluster/postgres.py).
 # slurmdbd, mariadb-server: the test cluster's accounting, which holds course GPU quotas (tests/cluster/slurm.py).
+# debootstrap: the local Debian 12 base of the single-user images (images/build).
 TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo chromium podman runc uidmap slirp4netns postgresql \
-	slurmdbd mariadb-server
+	slurmdbd mariadb-server debootstrap
+IMAGE_PACKAGES := podman runc debootstrap
 
-.PHONY: help demo check test hooks lock install system-packages test-system-packages singleuser-env clean clean-demo-state
+.PHONY: help demo check test hooks lock install system-packages test-system-packages singleuser-env clean clean-demo-state \
+	images image-cpu image-gpu
 
 help:
 	@echo "make demo              install what is needed and run the CampusHub demo on http://127.0.0.1:8000"
 	@echo "make check             lint, format check and unit tests (no root needed, under a minute)"
 	@echo "make test              make check, then install what is needed (as root) and run all tests against a throwaway Slurm cluster"
+	@echo "make images            build the single-user images with podman (CPU and GPU; BASE=... for another base image)"
 	@echo "make hooks             run make check's linters before each git commit (pre-commit)"
 	@echo "make lock              resolve the newest releases within pyproject.toml's ranges into constraints.txt"
 	@echo "make clean             remove what can be rebuilt: the virtualenv, caches, build outputs"
@@ -59,8 +63,22 @@ check: install
 	$(VENV)/bin/python -m pytest tests/unit -q
 	cd $(LAB_EXTENSION) && npm test --silent
 
-test: check test-system-packages singleuser-env
+test: check test-system-packages singleuser-env image-cpu
 	CAMPUSHUB_TEST_SINGLEUSER_ENV=$(SINGLEUSER_ENV) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The single-user images (images/README.md): campushub-singleuser (CPU) and campushub-singleuser-gpu,
+# built with podman from a local Debian 12 base (debootstrap) or BASE=<image>; cached between runs in
+# IMAGES_CACHE (the base and the wheels) and podman's layer cache. As root.
+BASE ?=
+IMAGES_CACHE ?= /var/cache/campushub/images
+IMAGES_ENV = BASE=$(BASE) IMAGES_CACHE=$(IMAGES_CACHE) CONSTRAINTS=$(CONSTRAINTS)
+images:
+	@./scripts/apt-ensure $(IMAGE_PACKAGES)
+	$(IMAGES_ENV) images/build cpu gpu
+
+image-cpu image-gpu:
+	@./scripts/apt-ensure $(IMAGE_PACKAGES)
+	$(IMAGES_ENV) images/build $(@:image-%=%)
 
 hooks: install
 	$(VENV)/bin/$(PIP_INSTALL) -e '.[dev]'
@@ -133,7 +151,7 @@ lock:
 	$(PYTHON) -m venv $(LOCK_ENV)
 	$(LOCK_ENV)/bin/python -m pip install --quiet --upgrade pip
 	$(LOCK_ENV)/bin/python -m pip install --quiet '.[dev]' -r images/singleuser-requirements.txt \
-		./$(LAB_EXTENSION) $(BENCH_PACKAGES)
+		-r images/image-requirements.txt -r images/gpu-requirements.txt ./$(LAB_EXTENSION) $(BENCH_PACKAGES)
 	{ sed -n '/^#/p' constraints.txt; \
 	  $(LOCK_ENV)/bin/python -m pip freeze --all --exclude setuptools --exclude campushub --exclude campushub-lab; \
 	} > constraints.txt.new

@@ -1,9 +1,12 @@
 """A user's server in a rootless podman container inside its Slurm job, for real.
 
-No registry is reachable here, so the image is made on the spot: an empty root file system
-(symlinks into /usr) imported into the user's own podman storage, with the node's /usr and the
-single-user environment mounted read-only through `container.options`. podman on this machine
-needs the runc runtime and explicit ulimits (crun fails on setrlimit here).
+The image is CampusHub's own (images/, built as `make images` builds it), set up as a site sets it
+up (docs/slurm.md, containers): root saves it once to an archive readable by all, and the user's
+podman loads it into their own storage (rootless storage is per user), so the site file names the
+image alone, with no runtime options. The per-user podman settings a site puts in
+/etc/containers/containers.conf (this test writes them into the test user's ~/.config/containers
+instead, so that the machine's own podman is left alone): because crun cannot set rlimits on this
+machine, the runc runtime with explicit ulimits.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -19,53 +21,50 @@ import pytest
 import requests
 
 from tests.cluster.hub import running_hub, slurm_site
+from tests.cluster.images import ensure_image
 from tests.cluster.slurm import wait_for
 
 USER = "chub-erin"
-IMAGE = "localhost/campushub-test-lab:1"
+CONTAINERS_CONF = """[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 
-
-def empty_rootfs(tar_path: Path) -> None:
-    with tarfile.open(tar_path, "w") as tar:
-        for name in ("usr", "etc", "home", "proc", "sys", "dev", "run", "tmp", "var/tmp", "opt"):
-            info = tarfile.TarInfo(name)
-            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if name.endswith("tmp") else 0o755
-            tar.addfile(info)
-        for name, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("sbin", "usr/sbin")):
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, target
-            tar.addfile(info)
+[engine]
+runtime = "runc"
+"""
 
 
 @pytest.fixture(scope="module")
 def image(unix_users):
+    reference = ensure_image("cpu")
+    account = unix_users[USER]
+    config = Path(account.pw_dir) / ".config" / "containers"
     folder = Path(tempfile.mkdtemp(prefix="campushub-image-"))  # readable by the user, unlike pytest's
     try:
         folder.chmod(0o755)
-        tar_path = folder / "rootfs.tar"
-        empty_rootfs(tar_path)
-        tar_path.chmod(0o644)
-        done = subprocess.run(
-            ["runuser", "-l", USER, "-c", f"podman import {tar_path} {IMAGE}"], capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
+        archive = folder / "campushub-singleuser.tar"
+        saved = subprocess.run(["podman", "save", "--format", "oci-archive", "-o", str(archive), reference],
+                               capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert saved.returncode == 0, saved.stderr
+        archive.chmod(0o644)
+        subprocess.run(["runuser", "-u", USER, "--", "mkdir", "-p", str(config)], check=True)
+        (config / "containers.conf").write_text(CONTAINERS_CONF)
+        os.chown(config / "containers.conf", account.pw_uid, account.pw_gid)
+        loaded = subprocess.run(
+            ["runuser", "-l", USER, "-c", f"podman load -q -i {archive} && podman image exists {reference}"],
+            capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert loaded.returncode == 0, f"the user's podman did not load {reference}: {loaded.stderr}"
+        yield reference
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return IMAGE
+        subprocess.run(["runuser", "-l", USER, "-c", "podman system reset --force"], capture_output=True)
+        shutil.rmtree(config, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def hub(slurm, unix_users, singleuser_env, image, tmp_path_factory):
-    env = str(singleuser_env)
-    container = {
-        "runtime": "podman",
-        "image": image,
-        "options": [
-            "--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
-            "--volume", "/usr:/usr:ro", "--volume", f"{env}:{env}:ro", "--env", f"PATH={env}/bin:/usr/bin:/bin",
-        ],
-    }  # fmt: skip
-    site = slurm_site(singleuser_env, spawner={"slurm": {"container": container}})
+    # the image alone: no runtime options, no mounts of the node's software
+    site = slurm_site(singleuser_env, spawner={"slurm": {"container": {"runtime": "podman", "image": image}}})
     with running_hub(slurm, tmp_path_factory.mktemp("podman-hub"), site) as running:
         yield running
 
@@ -89,14 +88,16 @@ def container_server_pid(uid: int) -> int:
     raise AssertionError("no containerized server process")
 
 
-def test_the_server_runs_in_a_podman_container_in_the_job(hub, slurm, unix_users):
+def test_the_server_runs_in_a_podman_container_in_the_job(hub, slurm, unix_users, singleuser_env):
     token = hub.token(USER)
     hub.spawn_and_wait(USER, token)
     (job,) = slurm.jobs_of(USER)
     assert job["state"] == "RUNNING"
     pid = container_server_pid(unix_users[USER].pw_uid)
-    # its root is the image's, not the node's (whose /etc has debian_version)
-    assert not Path(f"/proc/{pid}/root/etc/debian_version").exists() and Path("/etc/debian_version").exists()
+    # its root is the image's, not the node's: the image's user and its single-user environment
+    assert "campus:x:1000:" in Path(f"/proc/{pid}/root/etc/passwd").read_text()
+    assert Path(f"/proc/{pid}/root/opt/campushub/singleuser/bin/campushub-singleuser").exists()
+    assert not Path(f"/proc/{pid}/root{singleuser_env}").exists()
     assert hub.user_get(USER, "api/status", token).status_code == 200
     # the user's home is the same folder inside: a file saved through the server lands there, theirs
     saved = requests.put(
