@@ -191,8 +191,9 @@ def refusal_message(slurm_text: str, request: SpawnRequest, cluster: GpuCounts |
     return ""
 
 
-def container_command(container: ContainerSettings, home: str, gpus: int) -> list[str]:
-    """The words that run the server's command in a container (none: no words)."""
+def container_command(container: ContainerSettings, account: pwd.struct_passwd, gpus: int) -> list[str]:
+    """The words that run the server's command in a container (none: no words), as the user's account."""
+    home = account.pw_dir
     runtime, image, options = container.runtime, container.image or "", list(container.options)
     if runtime == "none":
         return []
@@ -202,7 +203,9 @@ def container_command(container: ContainerSettings, home: str, gpus: int) -> lis
     if runtime == "podman":
         gpu = ["--device", "nvidia.com/gpu=all", "--env", "CUDA_VISIBLE_DEVICES"] if gpus else []
         return [
+            # keep-id maps the user's uid to itself; --user makes it the server's, not the image's USER
             "podman", "run", "--rm", "--network=host", "--userns=keep-id",
+            f"--user={account.pw_uid}:{account.pw_gid}",
             "--volume", f"{home}:{home}", "--workdir", home,
             "--env", "JUPYTERHUB_*", "--env", "CAMPUSHUB_*", "--env", "HOME", "--env", "USER", *gpu,
             *options, image,
@@ -636,7 +639,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             lines.append(self.slurm.prologue)
         if self.slurm.python_env:
             lines.append(f'export PATH={shlex.quote(os.path.join(self.slurm.python_env, "bin"))}:"$PATH"')
-        container = container_command(self.slurm.container, self.unix_account().pw_dir, request.gpus)
+        container = container_command(self.slurm.container, self.unix_account(), request.gpus)
         words = [*container, self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
         lines.append("exec " + shlex.join(words))
         return "\n".join(lines) + "\n"

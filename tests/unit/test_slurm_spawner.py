@@ -278,7 +278,7 @@ def test_the_gpus_of_a_partition_from_scontrol():
                           "campushub-singleuser", "jupyterhub-singleuser"]),
         ("apptainer", 0, ["apptainer", "exec", "--bind", "/root", "--pwd", "/root", "/img/lab.sif",
                           "campushub-singleuser", "jupyterhub-singleuser"]),
-        ("podman", 1, ["podman", "run", "--rm", "--network=host", "--userns=keep-id", "--volume", "/root:/root",
+        ("podman", 1, ["podman", "run", "--rm", "--network=host", "--userns=keep-id", "--user=0:0", "--volume", "/root:/root",
                        "--workdir", "/root", "--env", "JUPYTERHUB_*", "--env", "CAMPUSHUB_*", "--env", "HOME",
                        "--env", "USER", "--device", "nvidia.com/gpu=all", "--env", "CUDA_VISIBLE_DEVICES",
                        "/img/lab.sif", "campushub-singleuser", "jupyterhub-singleuser"]),
