@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 def test_the_hubs_sqlite_database_keeps_a_write_ahead_log(tmp_path):
     import sqlite3
 
