@@ -37,7 +37,7 @@ from tests.cluster.lock import machine_lock
 from tests.cluster.slurm import SlurmCluster
 from tests.cluster.users import create_users, remove_user
 
-from .report import write_section
+from .report import publish
 
 INSTRUCTOR = "chb-course-prof"
 ADMIN = "chb-course-admin"
@@ -223,13 +223,7 @@ def main(argv=None) -> int:
         p.error("run it as root: it makes a unix account for the course's instructor")
     with machine_lock(say=log):
         res = run(args)
-    block = results_block(res)
-    print(block)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
-    if args.write:
-        write_section(Path(args.write), RESULTS_START, RESULTS_END, SECTION, block)
-        log(f"results written into {args.write}")
+    publish(res, results_block(res), args, (RESULTS_START, RESULTS_END, SECTION), log)
     return 0
 
 

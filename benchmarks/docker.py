@@ -17,7 +17,6 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -40,7 +39,7 @@ from tests.cluster.podman_service import PodmanService
 from tests.cluster.slurm import free_port, wait_for
 
 from .measure import BenchError, spawn_to_ready
-from .report import write_section
+from .report import publish
 
 TARGET_RATIO, CROWD = 1.3, 10
 USERS = [f"bench-dk{i:02d}" for i in range(CROWD)]
@@ -250,13 +249,7 @@ def main(argv=None) -> int:
         p.error("run it as root: it runs root's podman API service")
     with machine_lock(say=log):
         res = run(args)
-    block = results_block(res)
-    print(block)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
-    if args.write:
-        write_section(Path(args.write), RESULTS_START, RESULTS_END, SECTION, block)
-        log(f"results written into {args.write}")
+    publish(res, results_block(res), args, (RESULTS_START, RESULTS_END, SECTION), log)
     return 0
 
 

@@ -4,6 +4,7 @@ in that page, outside the markers, and stay as they are."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .stats import (
@@ -247,3 +248,14 @@ def write_section(path: Path, start: str, end: str, section: str, block: str) ->
         text = text.rstrip("\n") + "\n" + section + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def publish(res: dict, block: str, args, section: tuple[str, str, str], log) -> None:
+    """A benchmark's ending: its results block printed, saved as JSON (--json), written into the page (--write);
+    `section` is its (start marker, end marker, section text)."""
+    print(block)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    if args.write:
+        write_section(Path(args.write), *section, block)
+        log(f"results written into {args.write}")

@@ -7,6 +7,7 @@ screenshot of the page it was on goes to test-artifacts/<test name>-failed.png.
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,9 +35,9 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-@pytest.fixture
-def page(request, artifacts):
-    """A page of a fresh headless Chromium (1280x800)."""
+@contextmanager
+def chromium():
+    """A fresh headless Chromium (1280x800) with a profile folder of its own: its browser context."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
     from playwright.sync_api import sync_playwright
@@ -50,9 +51,16 @@ def page(request, artifacts):
             viewport={"width": 1280, "height": 800},
         )
         try:
-            page = context.pages[0] if context.pages else context.new_page()
-            yield page
-            if request.node.stash.get(CALL_FAILED, False):
-                page.screenshot(path=artifacts / f"{request.node.name}-failed.png")
+            yield context
         finally:
             context.close()
+
+
+@pytest.fixture
+def page(request, artifacts):
+    """A page of a fresh headless Chromium."""
+    with chromium() as context:
+        page = context.pages[0] if context.pages else context.new_page()
+        yield page
+        if request.node.stash.get(CALL_FAILED, False):
+            page.screenshot(path=artifacts / f"{request.node.name}-failed.png")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from tests.cluster.hub import running_hub, slurm_site
 from tests.cluster.slurm import wait_for
 from tests.cluster.users import create_users, remove_user
 from tests.conftest import CALL_FAILED
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS
+from tests.e2e.conftest import chromium
 
 USER = "chub-lab-e2e"
 PROFILES = [{"slug": "gpu-1", "display_name": "One GPU", "everyone": True, "default": True, "resources": {"gpus": 1}}]
@@ -79,31 +78,19 @@ def job(hub, token, slurm):
 @pytest.fixture(scope="module")
 def lab(hub, job, artifacts):
     """One Chromium page in the user's JupyterLab, logged in with the hub's cookie, for the module."""
-    from playwright.sync_api import sync_playwright
-
     session = hub.login(USER)  # through the campus login, up to the hub's cookie
-    with tempfile.TemporaryDirectory(prefix="campushub-chromium-") as profile, sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            profile,
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1280, "height": 800},
+    with chromium() as context:
+        context.add_cookies(
+            [{"name": c.name, "value": c.value, "url": f"{hub.url}{c.path or '/'}"} for c in session.cookies]
         )
+        page = context.pages[0] if context.pages else context.new_page()
+        page.goto(f"{hub.url}/user/{USER}/lab?reset")
         try:
-            context.add_cookies(
-                [{"name": c.name, "value": c.value, "url": f"{hub.url}{c.path or '/'}"} for c in session.cookies]
-            )
-            page = context.pages[0] if context.pages else context.new_page()
-            page.goto(f"{hub.url}/user/{USER}/lab?reset")
-            try:
-                expect(page.locator(".jp-LauncherCard").first).to_be_visible(timeout=LAB_TIMEOUT_MS)
-            except AssertionError:
-                page.screenshot(path=artifacts / "lab-failed.png")
-                raise
-            yield page
-        finally:
-            context.close()
+            expect(page.locator(".jp-LauncherCard").first).to_be_visible(timeout=LAB_TIMEOUT_MS)
+        except AssertionError:
+            page.screenshot(path=artifacts / "lab-failed.png")
+            raise
+        yield page
 
 
 @pytest.fixture(autouse=True)
