@@ -293,10 +293,10 @@ def apply_services(c: Config, site: Site, state: StateDir) -> None:
             }
         )
     if site.scheduler.enabled:
-        from .slurmenv import COMMAND_ENV_KEYS
+        from .slurmenv import command_env
 
         # what Slurm's commands need (a service gets only a few of the hub's variables), and the site file
-        environment = {k: os.environ[k] for k in COMMAND_ENV_KEYS if k in os.environ}
+        environment = command_env()
         if site.source:
             environment["CAMPUSHUB_CONFIG"] = str(site.source)
         services.append(
