@@ -44,83 +44,17 @@ def slurm_site(singleuser_env, **extra) -> dict:
     return deep_merge(base, extra)
 
 
-class RunningHub:
-    def __init__(self, workdir: Path, site: dict, env: dict | None = None):
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.hub_port = free_port()
-        self.site = deep_merge(
-            {
-                "hub": {"port": self.port, "hub_port": self.hub_port, "state_dir": str(self.workdir / "state")},
-                "proxy": {"api_port": free_port()},
-                "scheduler": {"port": free_port()},
-            },
-            site,
-        )
-        self.site_file = self.workdir / "campushub.yaml"
-        self.site_file.write_text(yaml.safe_dump(self.site))
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proxy: subprocess.Popen | None = None
-        self.hub: subprocess.Popen | None = None
-        self.hub_starts = 0
-        self.env = env  # the environment of the hub and proxy processes (default: the tests')
+class HubClient:
+    """A user's side of a CampusHub at `url` run from `site`: logins, tokens, spawns, requests to servers."""
+
+    def __init__(self, url: str, site: dict):
+        self.url = url
+        self.site = site
         self.sessions: dict[str, requests.Session] = {}
 
-    # --- processes ---
-
-    def _campushub(self, *args: str, log: str) -> subprocess.Popen:
-        out = open(self.workdir / log, "a")
-        return subprocess.Popen(
-            [sys.executable, "-m", "campushub", *args, "--config", str(self.site_file)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=self.env,
-        )  # fmt: skip
-
-    def start(self) -> RunningHub:
-        self.proxy = self._campushub("proxy", log="proxy.log")
-        self.start_hub()
-        return self
-
-    def start_hub(self) -> None:
-        self.hub_starts += 1
-        self.hub = self._campushub("hub", log="hub.log")
-        wait_for(self.hub_answers, 60, f"the hub to answer (log: {self.workdir / 'hub.log'})", 0.25)
-
-    def hub_answers(self) -> bool:
-        if self.hub.poll() is not None:
-            raise RuntimeError(f"the hub exited ({self.hub.returncode}): {self.log_tail()}")
-        try:
-            return requests.get(f"http://127.0.0.1:{self.hub_port}/hub/api/", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def stop_hub(self) -> None:
-        """SIGTERM, as a service manager stops it."""
-        self.hub.send_signal(signal.SIGTERM)
-        self.hub.wait(60)
-
-    def close(self) -> None:
-        for proc in (self.hub, self.proxy):
-            if proc and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-
     def log_tail(self, lines: int = 40) -> str:
-        text = (self.workdir / "hub.log").read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    @property
-    def password(self) -> str:
-        return (Path(self.site["hub"]["state_dir"]) / "demo_password").read_text().strip()
-
-    @property
-    def admin_password(self) -> str | None:
-        if self.campus_login:
-            return None  # admins log in like everyone (auth.admin_users or the admin group)
-        return (Path(self.site["hub"]["state_dir"]) / "demo_admin_password").read_text().strip()
+        """The hub's last log lines, for a failure's message (where the client can read them)."""
+        return ""
 
     @property
     def campus_login(self) -> bool:
@@ -224,6 +158,84 @@ class RunningHub:
 
     def user_get(self, user: str, path: str, token: str, **kw) -> requests.Response:
         return self.user_request("GET", user, path, token, **kw)
+
+
+class RunningHub(HubClient):
+    def __init__(self, workdir: Path, site: dict, env: dict | None = None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.hub_port = free_port()
+        self.site = deep_merge(
+            {
+                "hub": {"port": self.port, "hub_port": self.hub_port, "state_dir": str(self.workdir / "state")},
+                "proxy": {"api_port": free_port()},
+                "scheduler": {"port": free_port()},
+            },
+            site,
+        )
+        super().__init__(f"http://127.0.0.1:{self.port}", self.site)
+        self.site_file = self.workdir / "campushub.yaml"
+        self.site_file.write_text(yaml.safe_dump(self.site))
+        self.proxy: subprocess.Popen | None = None
+        self.hub: subprocess.Popen | None = None
+        self.hub_starts = 0
+        self.env = env  # the environment of the hub and proxy processes (default: the tests')
+
+    # --- processes ---
+
+    def _campushub(self, *args: str, log: str) -> subprocess.Popen:
+        out = open(self.workdir / log, "a")
+        return subprocess.Popen(
+            [sys.executable, "-m", "campushub", *args, "--config", str(self.site_file)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=self.env,
+        )  # fmt: skip
+
+    def start(self) -> RunningHub:
+        self.proxy = self._campushub("proxy", log="proxy.log")
+        self.start_hub()
+        return self
+
+    def start_hub(self) -> None:
+        self.hub_starts += 1
+        self.hub = self._campushub("hub", log="hub.log")
+        wait_for(self.hub_answers, 60, f"the hub to answer (log: {self.workdir / 'hub.log'})", 0.25)
+
+    def hub_answers(self) -> bool:
+        if self.hub.poll() is not None:
+            raise RuntimeError(f"the hub exited ({self.hub.returncode}): {self.log_tail()}")
+        try:
+            return requests.get(f"http://127.0.0.1:{self.hub_port}/hub/api/", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def stop_hub(self) -> None:
+        """SIGTERM, as a service manager stops it."""
+        self.hub.send_signal(signal.SIGTERM)
+        self.hub.wait(60)
+
+    def close(self) -> None:
+        for proc in (self.hub, self.proxy):
+            if proc and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = (self.workdir / "hub.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    @property
+    def password(self) -> str:
+        return (Path(self.site["hub"]["state_dir"]) / "demo_password").read_text().strip()
+
+    @property
+    def admin_password(self) -> str | None:
+        if self.campus_login:
+            return None  # admins log in like everyone (auth.admin_users or the admin group)
+        return (Path(self.site["hub"]["state_dir"]) / "demo_admin_password").read_text().strip()
 
 
 @contextmanager

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import warnings
 from functools import cache
 from pathlib import Path
 
 import requests
+import werkzeug.serving
 
 from .slurm import free_port
 
@@ -24,23 +26,28 @@ ADMIN_GROUP = "hub-admins"
 
 
 class IdentityProvider:
-    def __init__(self):
+    """The provider on a free port of `host` (default: this machine's loopback)."""
+
+    def __init__(self, host: str = "localhost"):
         with warnings.catch_warnings():  # authlib warns of its own deprecated modules, which the provider uses
             import authlib.deprecate  # (it turns its warnings on when imported: first, so that this filter wins)
 
             warnings.simplefilter("ignore", authlib.deprecate.AuthlibDeprecationWarning)
-            from oidc_provider_mock import run_server_in_thread
+            from oidc_provider_mock import app
 
         self.port = free_port()
-        self._server = run_server_in_thread(port=self.port)
-        self._server.__enter__()
-        self.url = f"http://localhost:{self.port}"
+        self._server = werkzeug.serving.make_server(host, self.port, app(), threaded=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), daemon=True)
+        self._thread.start()
+        self.url = f"http://{host}:{self.port}"
 
     def set_user(self, sub: str, **claims) -> None:
         set_user(self.url, sub, **claims)
 
     def close(self) -> None:
-        self._server.__exit__(None, None, None)
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
 
 
 def set_user(issuer: str, sub: str, **claims) -> None:
