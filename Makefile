@@ -56,12 +56,14 @@ help:
 demo: install
 	$(VENV)/bin/campushub up
 
-# Lint (ruff check), formatting (ruff format --check) and the unit tests: what a change must pass first.
+# Lint (ruff check), formatting (ruff format --check), the unit tests, the Lab front-end's tests and the
+# playbook's lint (ansible-lint, production profile): what a change must pass first.
 check: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest tests/unit -q
 	cd $(LAB_EXTENSION) && npm test --silent
+	cd ansible && ../$(VENV)/bin/ansible-lint --offline --profile production
 
 test: check test-system-packages singleuser-env image-cpu
 	CAMPUSHUB_TEST_SINGLEUSER_ENV=$(SINGLEUSER_ENV) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
