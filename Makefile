@@ -41,13 +41,14 @@ TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo chromium podman runc uidm
 IMAGE_PACKAGES := podman runc debootstrap
 
 .PHONY: help demo check test hooks lock install system-packages test-system-packages singleuser-env clean clean-demo-state \
-	images image-cpu image-gpu
+	images image-cpu image-gpu check-image-gpu
 
 help:
 	@echo "make demo              install what is needed and run the CampusHub demo on http://127.0.0.1:8000"
 	@echo "make check             lint, format check and unit tests (no root needed, under a minute)"
 	@echo "make test              make check, then install what is needed (as root) and run all tests against a throwaway Slurm cluster"
 	@echo "make images            build the single-user images with podman (CPU and GPU; BASE=... for another base image)"
+	@echo "make check-image-gpu   build the GPU image (cached) and check it: CUDA libraries, server (GPU=1 on a GPU host)"
 	@echo "make hooks             run make check's linters before each git commit (pre-commit)"
 	@echo "make lock              resolve the newest releases within pyproject.toml's ranges into constraints.txt"
 	@echo "make clean             remove what can be rebuilt: the virtualenv, caches, build outputs"
@@ -81,6 +82,12 @@ images:
 image-cpu image-gpu:
 	@./scripts/apt-ensure $(IMAGE_PACKAGES)
 	$(IMAGES_ENV) images/build $(@:image-%=%)
+
+# The GPU image's checks (images/check-gpu), outside `make test`: the image is several GB. GPU=1 on a host
+# with NVIDIA's CDI specification (nvidia-ctk cdi generate) gives the container the GPUs and expects them.
+GPU ?=
+check-image-gpu: image-gpu
+	images/check-gpu $(if $(filter 1,$(GPU)),--gpu)
 
 hooks: install
 	$(VENV)/bin/$(PIP_INSTALL) -e '.[dev]'

@@ -3,7 +3,8 @@
 The API is root's `podman system service` on a socket of the test's own (no Docker engine here); podman
 on this machine needs the runc runtime and explicit ulimits, which the site file sets. The GPUs are fake:
 two terminals (/dev/tty2, /dev/tty3) stand for the host's GPU devices. The image comes from
-tests.cluster.images.ensure_image.
+tests.cluster.images.ensure_image. A user opens TensorBoard (the image's jupyter-server-proxy entry) on a
+run in their home through the hub's proxy, as the user; another user cannot.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.cluster.hub import RunningHub
 from tests.cluster.idp import campus_login
@@ -27,7 +29,7 @@ MISSING = "localhost/campushub-test-missing:1"  # on the allow-list, never built
 CRASHING = "localhost/campushub-test-crashing:1"
 NOT_ALLOWED = "localhost/campushub-test-not-allowed:1"
 VOLUME = "campushub-test-home-{username}"
-USERS = ["dk-alice", "dk-bob", "dk-carol", "dk-dave", "dk-erin"]
+USERS = ["dk-alice", "dk-bob", "dk-carol", "dk-dave", "dk-erin", "dk-grace"]
 BIND_USER = "chub-frank"  # a unix account of tests/integration/conftest.py
 
 
@@ -212,6 +214,60 @@ def test_a_file_written_in_a_session_is_there_after_a_new_spawn(hub, engine, tok
     assert inspect(engine, user)["Id"] != first
     r = hub.user_get(user, "api/contents/kept.txt", token)
     assert r.status_code == 200 and r.json()["content"] == "kept across spawns"
+
+
+# A run as a training script writes it: TensorBoard's own summary writer (no TensorFlow in the image).
+WRITE_RUN = """
+import os
+from tensorboard.summary import Writer
+writer = Writer(os.path.join(os.environ["HOME"], "tensorboard", "baseline"))
+for step in range(5):
+    writer.add_scalar("loss", 1.0 / (step + 1), step=step)
+writer.close()
+"""
+
+
+def test_a_user_opens_tensorboard_on_their_runs_through_the_hub(hub, engine, tokens):
+    user, token = "dk-grace", tokens["dk-grace"]
+    hub.spawn_and_wait(user, token)
+    info = inspect(engine, user)
+    # the user writes a run into their home, in their container, as the server's own user
+    client = engine.client()
+    run = client.exec_create(info["Id"], ["python3", "-c", WRITE_RUN])
+    output = client.exec_start(run["Id"]).decode(errors="replace")
+    assert client.exec_inspect(run["Id"])["ExitCode"] == 0, output
+    listed = hub.user_get(user, "api/contents/tensorboard/baseline", token)
+    assert listed.status_code == 200, listed.text
+    (events,) = listed.json()["content"]
+    assert events["name"].startswith("events.out.tfevents."), events
+    owner = client.exec_create(info["Id"], ["sh", "-c", 'stat -c %u "$HOME"/tensorboard/baseline/events.*'])
+    assert client.exec_start(owner["Id"]).decode().strip() == proc_status(info["State"]["Pid"])["Uid"].split()[0]
+    # the Lab's launcher offers TensorBoard (jupyter-server-proxy's entry from images/tensorboard.json)
+    servers = hub.user_get(user, "server-proxy/servers-info", token)
+    assert servers.status_code == 200, servers.text
+    (entry,) = [s for s in servers.json()["server_processes"] if s["name"] == "tensorboard"]
+    assert entry["launcher_entry"]["enabled"] and entry["launcher_entry"]["title"] == "TensorBoard"
+    # the page, as the user's browser gets it: logged in at the hub, through the proxy, the server's OAuth
+    browser = hub.login(user)
+    page = browser.get(f"{hub.url}/user/{user}/tensorboard/", timeout=120)
+    assert page.status_code == 200 and "<title>TensorBoard</title>" in page.text, (page.url, page.text[:500])
+
+    # TensorBoard's data API through the proxy lists the run and its scalars
+    def tags() -> dict:
+        r = hub.user_get(user, "tensorboard/data/plugin/scalars/tags", token)
+        assert r.status_code == 200, r.text[:500]
+        return r.json()
+
+    wait_for(lambda: "baseline" in tags(), 60, "TensorBoard to load the run")
+    assert "loss" in tags()["baseline"]
+    runs = hub.user_get(user, "tensorboard/data/runs", token)
+    assert runs.status_code == 200 and runs.json() == ["baseline"], runs.text[:500]
+    # a user reaches only their own server: another user's token, or none, gets no TensorBoard
+    other = hub.user_get(user, "tensorboard/data/runs", tokens["dk-dave"], allow_redirects=False)
+    assert other.status_code == 403, (other.status_code, other.text[:300])
+    anonymous = requests.get(f"{hub.url}/user/{user}/tensorboard/", timeout=30, allow_redirects=False)
+    assert anonymous.status_code == 302 and "/hub/" in anonymous.headers["location"], anonymous.status_code
+    hub.stop_server(user, token)
 
 
 def test_the_spawn_page_offers_the_granted_profiles(hub):

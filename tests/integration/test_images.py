@@ -4,12 +4,14 @@ Checked: the server runs as a non-root user under tini (PID 1), also as a uid ch
 the image's HEALTHCHECK passes on a running server; the CampusHub Lab extension and
 jupyter-server-proxy are enabled; TensorBoard opens through the proxy (the Lab launcher's entry);
 and the image holds no compilers or build tools, private keys, pip caches or leftover wheels.
-podman here needs runc and explicit ulimits (docs/slurm.md, containers).
+podman here needs runc and explicit ulimits (docs/slurm.md, containers). The GPU image (several GB) only
+with CAMPUSHUB_TEST_GPU_IMAGE=1: built and checked by images/check-gpu (make check-image-gpu).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -206,3 +208,14 @@ def test_the_image_holds_no_build_tools_keys_or_caches(image):
         assert config["User"] == "1000:100" and config["Entrypoint"][0] == "/usr/bin/tini"
     finally:
         podman("image", "unmount", image)
+
+
+@pytest.mark.skipif(
+    os.environ.get("CAMPUSHUB_TEST_GPU_IMAGE") != "1",
+    reason="the GPU image is several GB: CAMPUSHUB_TEST_GPU_IMAGE=1 builds and checks it (or make check-image-gpu)",
+)
+def test_the_gpu_image_loads_cuda_as_a_non_root_user_and_starts_the_server(root_required):
+    reference = ensure_image("gpu")
+    done = subprocess.run([str(REPO / "images" / "check-gpu"), reference], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "CUDA runtime 12." in done.stdout and "all checks passed" in done.stderr
