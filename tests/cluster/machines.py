@@ -152,6 +152,7 @@ class Machine:
         self.process: subprocess.Popen | None = None
         self.pid: int | None = None  # the container's systemd, as this machine sees it
         self.ssh_key: Path | None = None
+        self.cgroups: list[Path] = []
 
     def run(self, command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         """`sh -c command` as root inside the host (not through SSH), with text output."""
@@ -288,9 +289,26 @@ class Machines:
         argv += [f"--bind-ro={b}" for b in self.bind_ro.get(machine.name, [])]
         # Without the lock nspawn would take one in /run/systemd/nspawn/locks, which PID 1 here does not clean.
         env = dict(os.environ, SYSTEMD_NSPAWN_LOCK="0", CAMPUSHUB_MACHINES_RUN=str(self.folder))
+        # A cgroup of its own for each host: nspawn puts the host's systemd in a "payload" cgroup below its own,
+        # and hosts started from the same cgroup would share that one (their units start and remove each other's
+        # cgroups: "Failed at step CGROUP").
+        machine.cgroups = [root / machine.name for root in cgroup_roots()]
+        for cgroup in machine.cgroups:
+            cgroup.mkdir(parents=True, exist_ok=True)
+
+        def enter_cgroups():
+            for cgroup in machine.cgroups:
+                (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
         with open(machine.log, "wb") as log:
             machine.process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=enter_cgroups,
             )
 
     def _wait_up(self, machine: Machine, deadline: float) -> None:
@@ -316,11 +334,15 @@ class Machines:
             time.sleep(0.3)
 
     def stop(self) -> None:
-        """Power off each host, then remove everything the run made: overlays, bridge, run folder."""
+        """Power off each host, then remove everything the run made: overlays, cgroups, bridge, run folder."""
         with ThreadPoolExecutor(max(1, len(self.machines))) as pool:
             list(pool.map(power_off, self.machines.values()))
         for machine in self:
             unmount(machine.merged)
+            for cgroup in machine.cgroups:
+                remove_cgroup(cgroup)
+        for root in cgroup_roots():
+            remove_cgroup(root)
         sh(["ip", "link", "del", BRIDGE], check=False)
         if self.folder is None:
             return
@@ -438,6 +460,34 @@ def unmount_under(folder: Path) -> None:
         sh(["umount", "--lazy", point], check=False)
 
 
+def cgroup_roots() -> list[Path]:
+    """Our folder below this process's cgroup in the hierarchies a host's systemd uses: the v1 name=systemd
+    one where there is one (a hybrid layout, as here) and the unified (v2) one."""
+    points = {}
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, point, kind, options = line.split()[:4]
+        if kind == "cgroup2":
+            points["0"] = point
+        elif kind == "cgroup" and "name=systemd" in options.split(","):
+            points["name=systemd"] = point
+    roots = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        number, controllers, path = line.split(":", 2)
+        point = points.get("0" if number == "0" else controllers)
+        if point:
+            roots.append(Path(point) / path.lstrip("/") / MARK)
+    return roots
+
+
+def remove_cgroup(cgroup: Path) -> None:
+    """rmdir, deepest first (a cgroup's files go with its folder); one with processes left stays."""
+    for folder, _, _ in os.walk(cgroup, topdown=False):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
+
+
 def environ(pid: str) -> list[str]:
     try:
         return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
@@ -456,6 +506,8 @@ def clean_leftovers() -> None:
     for source, point in mounts():
         if source == MARK:
             unmount(Path(point))
+    for root in cgroup_roots():
+        remove_cgroup(root)
     if Path(f"/sys/class/net/{BRIDGE}").exists():
         sh(["ip", "link", "del", BRIDGE])
     for stale in Path(tempfile.gettempdir()).glob(f"{RUN_PREFIX}*"):

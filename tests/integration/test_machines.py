@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.machines import BRIDGE, MARK, Machines, mounts
+from tests.cluster.machines import BRIDGE, MARK, Machines, cgroup_roots, mounts
 
 NAMES = ["chub-m1", "chub-m2"]
 
@@ -80,6 +80,7 @@ def test_stop_leaves_nothing(hosts):
     assert not any(f"CAMPUSHUB_MACHINES_RUN={folder}".encode() in environ(pid) for pid in pids())
     assert not [point for source, point in mounts() if source == MARK or point.startswith(str(folder))]
     assert not Path(f"/sys/class/net/{BRIDGE}").exists()
+    assert not [root for root in cgroup_roots() if root.exists()]
     assert not folder.exists()
 
 
