@@ -92,7 +92,7 @@ def sh(argv: list[str], timeout: float = 120, check: bool = True, **kwargs) -> s
 
 def tail(path: Path, lines: int = 30) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(path.read_text(errors="replace").replace("\r", "").splitlines()[-lines:])
     except OSError as e:
         return f"({e})"
 
@@ -287,8 +287,9 @@ class Machines:
         ]
         argv += [f"--bind={b}" for b in self.binds.get(machine.name, [])]
         argv += [f"--bind-ro={b}" for b in self.bind_ro.get(machine.name, [])]
-        # Without the lock nspawn would take one in /run/systemd/nspawn/locks, which PID 1 here does not clean.
-        env = dict(os.environ, SYSTEMD_NSPAWN_LOCK="0", CAMPUSHUB_MACHINES_RUN=str(self.folder))
+        # TERM: a console log without colours. Without SYSTEMD_NSPAWN_LOCK=0 nspawn would take a lock in
+        # /run/systemd/nspawn/locks, which PID 1 here does not clean.
+        env = dict(os.environ, SYSTEMD_NSPAWN_LOCK="0", CAMPUSHUB_MACHINES_RUN=str(self.folder), TERM="dumb")
         # A cgroup of its own for each host: nspawn puts the host's systemd in a "payload" cgroup below its own,
         # and hosts started from the same cgroup would share that one (their units start and remove each other's
         # cgroups: "Failed at step CGROUP").

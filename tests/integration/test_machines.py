@@ -24,6 +24,9 @@ def shared(root_required):
 
 @pytest.fixture(scope="module")
 def hosts(root_required, shared):
+    for tool in ("systemd-nspawn", "debootstrap"):
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} is not installed: `make test` installs it")
     machines = Machines(NAMES, binds={name: [f"{shared}:/srv/shared"] for name in NAMES})
     with machines:
         yield machines
