@@ -39,8 +39,10 @@ PACKAGES = [
     "iproute2",
     "iputils-ping",
     "procps",
-    # Ansible's modules run with the host's Python; the hub's virtualenv needs python3-venv
+    # Ansible's modules run with the host's Python (its apt module with python3-apt, which it would
+    # otherwise install from the mirror first); the hub's virtualenv needs python3-venv
     "python3",
+    "python3-apt",
     "python3-venv",
     "openssh-server",
     "sudo",
@@ -361,7 +363,7 @@ class Machines:
         lines = ["[all]"]
         for m in self:
             lines.append(
-                f"{m.name} ansible_host={m.address} ansible_user=root "
+                f"{m.name} ansible_host={m.address} ansible_user=root ansible_python_interpreter=/usr/bin/python3 "
                 f"ansible_ssh_private_key_file={self.ssh_key} ansible_ssh_common_args='{common}'"
             )
         for group, names in groups.items():
