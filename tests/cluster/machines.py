@@ -18,6 +18,7 @@ tests' machine lock sees to that.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shlex
@@ -107,12 +108,20 @@ def rootfs() -> Path:
     if target.is_dir():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; another run may have made it meanwhile
+        if not target.is_dir():
+            build_rootfs(target, mirror)
+    return target
+
+
+def build_rootfs(target: Path, mirror: str) -> None:
     # Builds that were interrupted (their mounts first: debootstrap binds /proc, /sys and maybe /dev in).
     for stale in CACHE.glob(".build-*"):
         unmount_under(stale)
         shutil.rmtree(stale, ignore_errors=True)
     # Built beside the cache and renamed when done: a rootfs-<key> folder is always a complete one.
-    build = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=CACHE))
+    build = Path(tempfile.mkdtemp(prefix=f".build-{target.name}-", dir=CACHE))
     build.chmod(0o755)  # mkdtemp's 0700 would keep the root's own users (munge's postinst) out of /
     try:
         argv = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "bookworm", str(build), mirror]
@@ -126,7 +135,6 @@ def rootfs() -> Path:
         unmount_under(build)
         shutil.rmtree(build, ignore_errors=True)
         raise
-    return target
 
 
 def prepare_rootfs(root: Path) -> None:
