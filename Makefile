@@ -36,8 +36,9 @@ DEMO_PACKAGES := python3-venv $(NODE_PACKAGES)
 # postgresql: the scheduler's store on PostgreSQL; the tests run a throwaway server of their own (tests/cluster/postgres.py).
 # slurmdbd, mariadb-server: the test cluster's accounting, which holds course GPU quotas (tests/cluster/slurm.py).
 # debootstrap: the local Debian 12 base of the single-user images (images/build).
+# systemd-container: systemd-nspawn boots the deployment tests' hosts, each with systemd (tests/cluster/machines.py).
 TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo chromium podman runc uidmap slirp4netns postgresql \
-	slurmdbd mariadb-server debootstrap
+	slurmdbd mariadb-server debootstrap systemd-container
 IMAGE_PACKAGES := podman runc debootstrap
 
 .PHONY: help demo check test hooks lock install system-packages test-system-packages singleuser-env clean clean-demo-state \
