@@ -8,6 +8,7 @@ first asked for.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -35,6 +36,9 @@ class IdentityProvider:
             warnings.simplefilter("ignore", authlib.deprecate.AuthlibDeprecationWarning)
             from oidc_provider_mock import app
 
+        if host not in ("localhost", "127.0.0.1"):
+            # the provider asks https of every other address; the tests' hosts talk plain http to it
+            os.environ["AUTHLIB_INSECURE_TRANSPORT"] = "1"
         self.port = free_port()
         self._server = werkzeug.serving.make_server(host, self.port, app(), threaded=True)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), daemon=True)

@@ -41,9 +41,11 @@ PACKAGES = [
     "iputils-ping",
     "procps",
     # Ansible's modules run with the host's Python (its apt module with python3-apt, which it would
-    # otherwise install from the mirror first); the hub's virtualenv needs python3-venv
+    # otherwise install from the mirror first; its pip module with python3-packaging); the hub's and the
+    # nodes' virtualenvs need python3-venv
     "python3",
     "python3-apt",
+    "python3-packaging",
     "python3-venv",
     "openssh-server",
     "sudo",
