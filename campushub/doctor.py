@@ -60,6 +60,8 @@ PROBE_JOB = [
     "--job-name=campushub-doctor",
 ]
 PROBE_MARK = "campushub-doctor:"
+# srun's words when its job could not start at once (--immediate)
+BUSY_WORDS = ("Requested nodes are busy", "Immediate execution impossible")
 
 
 @dataclass
@@ -207,6 +209,17 @@ class Doctor:
         ]  # fmt: skip
         return run(self.as_user(argv), wait, self.env)
 
+    def not_started(self, name: str, ran: Ran) -> Result | None:
+        """A WARN when the job on a node could not start in time (the partition is busy, not broken)."""
+        if not any(words in ran.err for words in BUSY_WORDS):
+            return None
+        p = self.slurm.partition
+        return Result(
+            name, WARN, f"the doctor's job did not start within {int(self.timeout * NODE_FACTOR)} s: the nodes of "
+            f"partition {p} are busy ({ran.said}); not checked",
+            f"run the doctor again when a CPU of partition {p} is free (squeue -p {p} shows what runs)",
+        )  # fmt: skip
+
     def node_script(self, *lines: str) -> str:
         """A node's shell lines after the site's prologue and python_env, as a server's job has them."""
         head = [self.slurm.prologue] if self.slurm.prologue else []
@@ -313,6 +326,8 @@ def check_node_env(d: Doctor) -> Result:
         f'echo "{PROBE_MARK} $(hostname) $(jupyterhub-singleuser --version 2>&1 | tail -n 1)"',
     )
     ran = d.on_node(script)
+    if busy := d.not_started(name, ran):
+        return busy
     said = [line.removeprefix(PROBE_MARK).strip() for line in ran.out.splitlines() if line.startswith(PROBE_MARK)]
     if ran.rc == 3 and said:
         return Result(
@@ -375,6 +390,8 @@ def check_hub_api(d: Doctor) -> Result:
         return skip
     script = d.node_script(f"exec python3 -c {shlex.quote(PROBE_HUB_API)} {shlex.quote(url)} {d.timeout:g}")
     ran = d.on_node(script)
+    if busy := d.not_started(name, ran):
+        return busy
     said = [line.removeprefix(PROBE_MARK).strip() for line in ran.out.splitlines() if line.startswith(PROBE_MARK)]
     if ran.rc == 0 and said:
         loopback = " (a loopback address: only nodes on the hub host reach it)" if "127.0.0.1" in url else ""
