@@ -166,8 +166,9 @@ def munge_socket(conf: Path) -> str | None:
 def hub_api_url(site: Site) -> str:
     """Where servers on the nodes call the hub API (as JupyterHub computes it)."""
     hub = site.hub
-    if hub.hub_connect_url:
-        base = hub.hub_connect_url.rstrip("/")
+    if hub.hub_connect_url:  # JupyterHub keeps its scheme and host, and puts its own path there
+        parts = urlsplit(hub.hub_connect_url)
+        base = f"{parts.scheme}://{parts.netloc}"
     else:
         ip = socket.gethostname() if hub.hub_ip in ("0.0.0.0", "::", "") else hub.hub_ip
         base = f"http://[{ip}]:{hub.hub_port}" if ":" in ip else f"http://{ip}:{hub.hub_port}"
@@ -240,7 +241,13 @@ class Doctor:
     def check(self, names: list[str] | None = None) -> list[Result]:
         for name, check in CHECKS.items():
             if names is None or name in names:
-                self.results[name] = check(self)
+                try:
+                    self.results[name] = check(self)
+                except Exception as e:  # a check that cannot run says why, and the others still run
+                    self.results[name] = Result(
+                        name, FAIL, f"the check could not run: {type(e).__name__}: {e}",
+                        "run the doctor on the hub host as the hub's account, with the hub's environment",
+                    )  # fmt: skip
         return list(self.results.values())
 
 

@@ -87,8 +87,8 @@ def test_the_munge_socket_comes_from_slurm_conf(tmp_path):
 def test_the_hub_api_url_is_the_one_servers_use():
     site = parse_site({"hub": {"hub_ip": "10.0.0.5", "hub_port": 8081, "base_url": "/hub1/"}})
     assert doctor.hub_api_url(site) == "http://10.0.0.5:8081/hub1/hub/api/"
-    site = parse_site({"hub": {"hub_connect_url": "http://hub.campus.edu:8081/"}})
-    assert doctor.hub_api_url(site) == "http://hub.campus.edu:8081/hub/api/"
+    site = parse_site({"hub": {"hub_connect_url": "http://hub.campus.edu:8081/anything/", "base_url": "/h/"}})
+    assert doctor.hub_api_url(site) == "http://hub.campus.edu:8081/h/hub/api/"
 
 
 def test_a_command_past_its_time_limit_is_killed_with_its_children():
@@ -130,3 +130,13 @@ def test_user_must_be_an_account_the_hub_would_serve(tmp_path, user, says):
     site.write_text(f"hub:\n  state_dir: {tmp_path}\n")
     r = campushub("doctor", "--config", str(site), "--user", user)
     assert r.returncode == 2 and says in r.stderr
+
+
+def test_a_check_that_cannot_run_fails_alone(monkeypatch):
+    def broken(d):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setitem(doctor.CHECKS, "secret-files", broken)
+    results = doctor.Doctor(parse_site({})).check(["secret-files", "state-disk"])
+    assert [(r.check, r.status) for r in results] == [("secret-files", FAIL), ("state-disk", OK)]
+    assert results[0].found == "the check could not run: PermissionError: [Errno 13] Permission denied"
