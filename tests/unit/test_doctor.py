@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -140,3 +141,18 @@ def test_a_check_that_cannot_run_fails_alone(monkeypatch):
     results = doctor.Doctor(parse_site({})).check(["secret-files", "state-disk"])
     assert [(r.check, r.status) for r in results] == [("secret-files", FAIL), ("state-disk", OK)]
     assert results[0].found == "the check could not run: PermissionError: [Errno 13] Permission denied"
+
+
+def test_the_default_account_is_the_admin_who_ran_sudo_if_the_hub_would_serve_it(monkeypatch):
+    from campushub.cli import doctor_user
+
+    monkeypatch.setenv("SUDO_USER", "root")
+    assert doctor_user(None, parse_site({})) is None  # uid 0: outside users.min_uid-max_uid
+    system = pwd.getpwuid(1).pw_name  # daemon: an account of every Debian
+    monkeypatch.setenv("SUDO_USER", system)
+    assert doctor_user(None, parse_site({})) is None
+    assert doctor_user(None, parse_site({"users": {"min_uid": 1}})).pw_name == system
+    monkeypatch.setenv("SUDO_USER", "no-such-user-x")
+    assert doctor_user(None, parse_site({})) is None
+    monkeypatch.delenv("SUDO_USER")
+    assert doctor_user(None, parse_site({})) is None
