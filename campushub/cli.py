@@ -312,6 +312,50 @@ def cmd_up(args) -> int:
     return code
 
 
+# --- doctor --------------------------------------------------------------------------------
+
+
+def cmd_doctor(args) -> int:
+    from . import doctor
+
+    site = site_from(args)
+    names = None
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in doctor.CHECKS]
+        if unknown:
+            raise CommandError(f"--only: no check named {', '.join(unknown)}; the checks: {', '.join(doctor.CHECKS)}")
+    d = doctor.Doctor(site, user=doctor_user(args.user, site), timeout=args.timeout)
+    results = d.check(names)
+    print(doctor.report(results, as_json=args.json))
+    return doctor.exit_code(results)
+
+
+def doctor_user(name: str | None, site: Site):
+    """The account the doctor acts as: --user, else the admin who ran it through sudo (SUDO_USER), if the hub
+    would give that account a server; None otherwise (those checks are skipped, saying how to give one)."""
+    import pwd
+
+    given = name is not None
+    name = name or os.environ.get("SUDO_USER")
+    if not name:
+        return None
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        if given:
+            raise CommandError(f"--user {name}: no such unix account on this host") from None
+        return None
+    if not site.users.min_uid <= account.pw_uid <= site.users.max_uid:
+        if given:
+            raise CommandError(
+                f"--user {name}: uid {account.pw_uid} is outside users.min_uid-users.max_uid "
+                f"({site.users.min_uid}-{site.users.max_uid}): the hub never gives it a server; name a user's account"
+            )
+        return None
+    return account
+
+
 # --- schedules -------------------------------------------------------------------------------
 
 
@@ -400,6 +444,33 @@ def build_parser() -> argparse.ArgumentParser:
         "schema", help="print the JSON Schema of the site file", description="Print the site file's JSON Schema."
     )
     schema.set_defaults(func=cmd_config_schema)
+
+    from .doctor import CHECKS, DEFAULT_TIMEOUT
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check what usually breaks a hub (munge, Slurm, sudo, the nodes, GPUs, secrets, disk, TLS)",
+        description="Run on the hub host, as the hub's account, with the hub's environment (SLURM_CONF). "
+        "Checks munge, the Slurm controller, the sudo rule of spawner.slurm.submit_prefix, the single-user "
+        "environment and the hub API from a node (a small srun job as --user), the profiles' GPUs against "
+        "Slurm's nodes, the secret files' modes, the state folder's free space and the certificate at "
+        "hub.public_url. Prints one line per check (OK, WARN, FAIL or SKIP, what was found, and the fix) "
+        "and a summary; exits 1 when a check FAILs, 0 otherwise, 2 on a bad site file. "
+        "The checks of Slurm run only with spawner.backend: slurm. See docs/slurm.md.",
+    )
+    site_option(doctor)
+    doctor.add_argument(
+        "--user", metavar="NAME",
+        help="the user account to act as for the sudo rule and the jobs on a node: one that may run jobs "
+        "(default: $SUDO_USER, the admin who ran `sudo campushub doctor`; without either those checks are skipped)",
+    )  # fmt: skip
+    doctor.add_argument("--json", action="store_true", help="print the results as JSON, for monitoring")
+    doctor.add_argument("--only", metavar="CHECK[,CHECK]", help=f"run only these checks, of: {', '.join(CHECKS)}")
+    doctor.add_argument(
+        "--timeout", metavar="SECONDS", type=float, default=DEFAULT_TIMEOUT,
+        help=f"time limit of each command or connection (a job on a node: 3 times as long) [{DEFAULT_TIMEOUT:g}]",
+    )  # fmt: skip
+    doctor.set_defaults(func=cmd_doctor)
 
     from .scheduler import client
 

@@ -34,6 +34,7 @@ def campushub(*args: str, **kw) -> subprocess.CompletedProcess:
         ["schedule", "add"],
         ["schedule", "runs"],
         ["schedule", "run-now"],
+        ["doctor"],
     ],
 )
 def test_every_command_has_help(args):
