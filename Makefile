@@ -65,7 +65,7 @@ check: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest tests/unit -q
 	cd $(LAB_EXTENSION) && npm test --silent
-	cd ansible && ../$(VENV)/bin/ansible-lint --offline --profile production
+	cd ansible && PATH=$(abspath $(VENV))/bin:$$PATH ansible-lint --offline --profile production
 
 test: check test-system-packages singleuser-env image-cpu
 	CAMPUSHUB_TEST_SINGLEUSER_ENV=$(SINGLEUSER_ENV) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)

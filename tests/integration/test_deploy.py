@@ -53,9 +53,13 @@ def site(root_required):
     idp = None
     try:
         machines.start()
-        # the user's account, the same on the hub host and the node (as a directory service would give it)
+        # the user's account, the same on every host (as a directory service would give it); the controller
+        # holds the jobs of a uid it cannot resolve
         machines[NODE].run(f"useradd --uid {UID} --create-home --shell /bin/bash {USER}")
-        machines[HUB].run(f"useradd --uid {UID} --no-create-home --shell /bin/bash {USER}")
+        for name in (HUB, CONTROLLER):
+            machines[name].run(f"useradd --uid {UID} --no-create-home --shell /bin/bash {USER}")
+        # two GPUs on the node for the playbook to find (device nodes named as NVIDIA's driver names them)
+        machines[NODE].run("for i in 0 1; do mknod -m 0666 /dev/nvidia$i c 1 3; done")
         idp = IdentityProvider(host=f"{SUBNET}.1")  # this machine, on the hosts' network
         variables = {
             "ansible_user": "root",
@@ -149,8 +153,12 @@ def test_units_are_active_on_each_host(site, deployed):
     keys = {m[h].run("sha256sum /etc/munge/munge.key").stdout.split()[0] for h in expected}
     assert len(keys) == 1
     assert m[NODE].run("stat -c '%U %a' /etc/munge/munge.key").stdout.split() == ["munge", "400"]
-    # the node is in the controller's partition, idle
-    assert m[CONTROLLER].run("sinfo -h -N -o '%N %P %t'").stdout.split() == [NODE, "campus*", "idle"]
+    # the node is in the controller's partition, idle, with the two GPUs found on it
+    assert m[CONTROLLER].run("sinfo -h -N -o '%N %P %t %G'").stdout.split() == [NODE, "campus*", "idle", "gpu:2"]
+    assert m[NODE].run("grep -v '^#' /etc/slurm/gres.conf").stdout.split("\n")[:2] == [
+        f"NodeName={NODE} Name=gpu File=/dev/nvidia0",
+        f"NodeName={NODE} Name=gpu File=/dev/nvidia1",
+    ]
     # the hub's secrets were made once, private to its account
     modes = m[HUB].run("stat -c '%n %U %a' /var/lib/campushub/jupyterhub_cookie_secret "
                        "/var/lib/campushub/proxy_auth_token /etc/campushub/oidc_client_secret").stdout.split("\n")  # fmt: skip
@@ -176,6 +184,11 @@ def test_a_user_logs_in_and_the_server_runs_on_the_node(site, deployed):
     assert USER in owners, owners
     r = deployed.user_get(USER, "api/status", token)
     assert r.status_code == 200, r.text[:300]
+    # and the deployed hub host passes its own checks, the node's environment and its way to the hub included
+    doctor = m[HUB].run(
+        f"/opt/campushub/hub/bin/campushub doctor --config /etc/campushub/campushub.yaml --user {USER}", check=False
+    )
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
 
 
 def test_upgrade_restarts_the_hub_not_the_proxy_and_cuts_no_request(site, deployed):
