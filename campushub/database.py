@@ -123,6 +123,36 @@ class Database:
             engine.dispose()
 
 
+# the passwords of the databases this process connects to, by where they are (supply_password)
+_passwords: dict[tuple, str] = {}
+
+
+def connection_key(host, port, database, user) -> tuple:
+    return (host, int(port or 5432), database, user)
+
+
+def supply_password(db: Database) -> None:
+    """Give `db`'s password to every connection this process makes to it, whatever engine makes it.
+    JupyterHub makes engines of its own from the bare URL (Alembic's, when it checks the schema at its start),
+    which no db_kwargs reach; SQLAlchemy's do_connect event reaches them all, and the password stays in memory."""
+    if db.password is None or db.kind != "postgresql":
+        return
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    url = make_url(db.url)
+    _passwords[connection_key(url.host, url.port, url.database, url.username)] = db.password
+    if not event.contains(Engine, "do_connect", _add_password):
+        event.listen(Engine, "do_connect", _add_password)
+
+
+def _add_password(dialect, _record, _cargs, cparams) -> None:
+    if dialect.name == "postgresql" and "password" not in cparams:
+        key = connection_key(cparams.get("host"), cparams.get("port"), cparams.get("dbname"), cparams.get("user"))
+        if key in _passwords:
+            cparams["password"] = _passwords[key]
+
+
 def hub_database(site, state: StateDir) -> Database:
     from .hubconfig import read_secret_file
 

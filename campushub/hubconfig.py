@@ -25,11 +25,11 @@ def apply_hub(c: Config, site: Site, state: StateDir) -> None:
     c.JupyterHub.hub_port = site.hub.hub_port
     if site.hub.hub_connect_url:
         c.JupyterHub.hub_connect_url = site.hub.hub_connect_url
-    from .database import hub_database
+    from .database import hub_database, supply_password
 
-    db = hub_database(site, state)  # the password, if any, goes to the driver, not into the URL
-    c.JupyterHub.db_url = db.url
-    c.JupyterHub.db_kwargs = db.engine_kwargs
+    db = hub_database(site, state)
+    c.JupyterHub.db_url = db.url  # never with the password: that goes to the driver, from memory
+    supply_password(db)
     if db.kind == "sqlite":
         sqlite_write_ahead_log()
     c.JupyterHub.cookie_secret_file = str(state.cookie_secret_file)
