@@ -176,7 +176,12 @@ def test_a_backup_of_a_running_hub_restores_into_an_empty_state_folder(tmp_path,
     assert hub.spawn_and_wait("ada", ada)["ready"]
     demo = hub.token("demo")
     wait_for(lambda: schedules(hub, demo), 90, "the demo's example schedule")
-    before, schedules_before = hub_view(hub, admin), schedules(hub, demo)
+    mine = {"name": "ada's weekly report", "notebook": "template:gpu-check", "cron": "0 3 * * 1", "parameters": {}}
+    r = requests.post(f"{hub.url}/services/scheduler/api/schedules", json=mine,
+                      headers={"Authorization": f"token {ada}"}, timeout=30)  # fmt: skip
+    assert r.status_code == 201, r.text
+    before, schedules_before = hub_view(hub, admin), schedules(hub, demo) + schedules(hub, ada)
+    assert [s["name"] for s in schedules_before] == ["Example: nightly training run", "ada's weekly report"]
     assert before["users"]["ada"][2][""][1] and before["users"]["bob"][0]
 
     archive = tmp_path / "campushub.tar"
@@ -209,7 +214,8 @@ def test_a_backup_of_a_running_hub_restores_into_an_empty_state_folder(tmp_path,
     admin_after = after.token(ADMIN, after.admin_password)
     assert hub_view(after, admin_after) == before
     demo = after.token("demo")
-    assert wait_for(lambda: schedules(after, demo), 90, "the scheduler behind the proxy") == schedules_before
+    wait_for(lambda: schedules(after, demo), 90, "the scheduler behind the proxy")
+    assert schedules(after, demo) + schedules(after, ada) == schedules_before
     # the tokens made before the backup still work, and ada's server answers through the new proxy
     assert after.user_get("ada", "api/status", ada).status_code == 200
     after.stop_server("ada", ada)
