@@ -535,31 +535,42 @@ def restore(site, state: StateDir, src: Path, say: Callable[[str], None] = print
                 )
             plan.append((dumps[0], db))
         with hub_stopped(site, state, "run `campushub restore`"):
-            modes = {f["name"]: int(f["mode"], 8) for f in manifest["files"]}
-            for member in tar.getmembers():
-                if not member.name.startswith("state/"):
-                    continue
-                relative = Path(member.name.removeprefix("state/"))
-                if relative.is_absolute() or ".." in relative.parts:
-                    raise DatabaseError(f"{src} holds a path outside the state folder: {member.name}")
-                write_member(tar, member, state.path / relative, modes[member.name])
-            for name, db in plan:
-                if db.kind == "sqlite":
-                    db.sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-                    write_member(tar, tar.getmember(name), db.sqlite_file, 0o600)
-                else:
-                    with tempfile.TemporaryDirectory() as folder:
-                        dump = Path(folder) / "dump"
-                        write_member(tar, tar.getmember(name), dump, 0o600)
-                        pg_restore(db, dump)
-                say(f"  restored {name} into {db.where}")
+            written: list[Path] = []
+            try:
+                restore_files(tar, src, manifest, state, plan, written, say)
+            except BaseException:
+                for path in reversed(written):  # nothing half-done: the folder as empty as it was
+                    path.unlink(missing_ok=True)
+                raise
     say(f"Restored the state of {src} (CampusHub {manifest['campushub']}, made {manifest['created']}) into "
         f"{state.path}: {len(manifest['files'])} files. Start the hub.")  # fmt: skip
 
 
-def write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, mode: int) -> None:
+def restore_files(tar, src: Path, manifest: dict, state: StateDir, plan: list, written: list[Path], say) -> None:
+    """Write the archive's state folder files and databases; each file written is added to `written`."""
+    modes = {f["name"]: int(f["mode"], 8) for f in manifest["files"]}
+    for member in tar.getmembers():
+        if not member.name.startswith("state/"):
+            continue
+        relative = Path(member.name.removeprefix("state/"))
+        if relative.is_absolute() or ".." in relative.parts:
+            raise DatabaseError(f"{src} holds a path outside the state folder: {member.name}")
+        written.append(write_member(tar, member, state.path / relative, modes[member.name]))
+    for name, db in plan:
+        if db.kind == "sqlite":
+            db.sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+            written.append(write_member(tar, tar.getmember(name), db.sqlite_file, 0o600))
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                dump = write_member(tar, tar.getmember(name), Path(folder) / "dump", 0o600)
+                pg_restore(db, dump)  # one transaction: all or nothing
+        say(f"  restored {name} into {db.where}")
+
+
+def write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, mode: int) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o777)
     with os.fdopen(fd, "wb") as out, tar.extractfile(member) as f:
         shutil.copyfileobj(f, out)
     os.chmod(dest, mode & 0o777)
+    return dest

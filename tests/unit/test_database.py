@@ -180,3 +180,24 @@ def test_hub_database_reads_the_password_file(tmp_path):
     db = hub_database(site, StateDir(tmp_path))
     assert (db.url, db.password, db.kind) == ("postgresql+psycopg://h@db/j", "word", "postgresql")
     assert db.libpq_url() == "postgresql://h@db/j"
+
+
+def test_an_archive_reaching_outside_the_state_folder_is_refused_and_nothing_stays(tmp_path):
+    import hashlib
+    import io
+
+    files = {"state/cookie": b"kept?", "state/../outside": b"evil"}
+    manifest = {"campushub": "0", "created": "now", "files": [
+        {"name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest(), "mode": "0o600"} for n, d in files.items()
+    ]}  # fmt: skip
+    archive = tmp_path / "crafted.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in {"manifest.json": json.dumps(manifest).encode(), **files}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    site = a_site(tmp_path, "restored")
+    with pytest.raises(DatabaseError, match=r"holds a path outside the state folder: state/\.\./outside"):
+        restore(site, StateDir(site.hub.state_dir), archive, say=lambda _: None)
+    assert not (tmp_path / "outside").exists()
+    assert [p.name for p in (tmp_path / "restored").iterdir()] == ["hub.lock"]
