@@ -325,40 +325,39 @@ def cmd_up(args) -> int:
 # --- day two: the database, backup and restore ----------------------------------------------
 
 
-def cmd_db_upgrade(args) -> int:
-    from .database import DatabaseError, upgrade
+def day_two(args, step) -> int:
+    """Run a database step (campushub.database) on the site's state; its refusals become one message."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .database import DatabaseError
 
     site = site_from(args)
     check_site(site)
     try:
-        upgrade(site, StateDir(site.hub.state_dir))
+        step(site, StateDir(site.hub.state_dir))
     except DatabaseError as e:
         raise CommandError(str(e)) from None
+    except SQLAlchemyError as e:  # the database cannot be reached, or refuses the login (no password shown)
+        raise CommandError(f"the database: {getattr(e, 'orig', None) or e}") from None
     return 0
+
+
+def cmd_db_upgrade(args) -> int:
+    from .database import upgrade
+
+    return day_two(args, upgrade)
 
 
 def cmd_backup(args) -> int:
-    from .database import DatabaseError, backup
+    from .database import backup
 
-    site = site_from(args)
-    check_site(site)
-    try:
-        backup(site, StateDir(site.hub.state_dir), Path(args.dest))
-    except DatabaseError as e:
-        raise CommandError(str(e)) from None
-    return 0
+    return day_two(args, lambda site, state: backup(site, state, Path(args.dest)))
 
 
 def cmd_restore(args) -> int:
-    from .database import DatabaseError, restore
+    from .database import restore
 
-    site = site_from(args)
-    check_site(site)
-    try:
-        restore(site, StateDir(site.hub.state_dir), Path(args.src))
-    except DatabaseError as e:
-        raise CommandError(str(e)) from None
-    return 0
+    return day_two(args, lambda site, state: restore(site, state, Path(args.src)))
 
 
 def add_day_two_parsers(commands, site_option) -> None:
