@@ -98,6 +98,16 @@ def cmd_proxy(args) -> int:
 def cmd_hub(args) -> int:
     site = site_from(args)  # a bad site file stops here, with every problem listed
     hub_config(site)  # and so does what only its files can tell (secret files), before anything is created
+    from .database import LOCK_FILE, lock_holder, take_hub_lock
+
+    state = StateDir(site.hub.state_dir)
+    # held while the hub lives (the kernel drops it when the process ends): `campushub db upgrade` and
+    # `campushub restore` refuse while it is held, and a second hub on this state folder does not start
+    if take_hub_lock(state) is None:
+        raise CommandError(
+            f"process {lock_holder(state)} holds {state.path / LOCK_FILE}: a hub, a database upgrade or a "
+            "restore runs on this state folder already"
+        )
     if site.source:
         os.environ["CAMPUSHUB_CONFIG"] = str(site.source)
     else:
@@ -356,6 +366,87 @@ def doctor_user(name: str | None, site: Site):
     return account
 
 
+# --- day two: the database, backup and restore ----------------------------------------------
+
+
+def day_two(args, step) -> int:
+    """Run a database step (campushub.database) on the site's state; its refusals become one message."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .database import DatabaseError
+
+    site = site_from(args)
+    check_site(site)
+    try:
+        step(site, StateDir(site.hub.state_dir))
+    except DatabaseError as e:
+        raise CommandError(str(e)) from None
+    except SQLAlchemyError as e:  # the database cannot be reached, or refuses the login (no password shown)
+        raise CommandError(f"the database: {getattr(e, 'orig', None) or e}") from None
+    return 0
+
+
+def cmd_db_upgrade(args) -> int:
+    from .database import upgrade
+
+    return day_two(args, upgrade)
+
+
+def cmd_backup(args) -> int:
+    from .database import backup
+
+    return day_two(args, lambda site, state: backup(site, state, Path(args.dest)))
+
+
+def cmd_restore(args) -> int:
+    from .database import restore
+
+    return day_two(args, lambda site, state: restore(site, state, Path(args.src)))
+
+
+def add_day_two_parsers(commands, site_option) -> None:
+    db = commands.add_parser(
+        "db", help="the hub database: upgrade its schema after installing a newer CampusHub",
+        description="Work with the hub database (hub.db_url: SQLite in the state folder, or PostgreSQL).",
+    )  # fmt: skip
+    db_commands = db.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
+    up = db_commands.add_parser(
+        "upgrade",
+        help="back up the hub database, then migrate it to this JupyterHub's schema (the hub stopped)",
+        description="After installing a newer CampusHub: stop the hub, run this, start the hub; users' servers "
+        "keep running. It refuses while the hub runs (the hub holds <state_dir>/hub.lock; its API answering "
+        "counts too). It first copies the database to <state_dir>/backups/ (SQLite: SQLite's online backup; "
+        "PostgreSQL: pg_dump's custom format), then runs JupyterHub's migrations (as `jupyterhub upgrade-db`). "
+        "On a database already at the newest schema it changes nothing and says so.",
+    )
+    site_option(up)
+    up.set_defaults(func=cmd_db_upgrade)
+
+    backup = commands.add_parser(
+        "backup",
+        help="write the hub's state into one archive (the hub may run)",
+        description="Write one tar archive (mode 0600) of the hub database, the nightly-notebooks store and the "
+        "state folder's files (secrets, course roles, identities, run pages; not users' homes), with a manifest "
+        "of sizes and SHA-256 checksums and the CampusHub version. Consistent while the hub runs: SQLite's online "
+        "backup, pg_dump for PostgreSQL. Keep the archive as safe as the secrets in it.",
+    )
+    backup.add_argument("dest", metavar="DEST", help="the archive to write, or a folder (campushub-backup-<time>.tar)")
+    site_option(backup)
+    backup.set_defaults(func=cmd_backup)
+
+    restore = commands.add_parser(
+        "restore",
+        help="restore an archive of `campushub backup` into an empty state folder",
+        description="Restore the state of an archive made by `campushub backup` into the site's state folder, "
+        "which must be empty or absent (and PostgreSQL databases, where the site names them, empty). Every "
+        "file's checksum is checked before anything is written; a damaged archive changes nothing. The hub "
+        "must be stopped; start it afterwards.",
+    )
+    restore.add_argument("src", metavar="SRC", help="the archive of `campushub backup`")
+    site_option(restore)
+    restore.set_defaults(func=cmd_restore)
+
+
 # --- schedules -------------------------------------------------------------------------------
 
 
@@ -479,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .courses import cli as course_cli
 
     course_cli.add_parser(commands, site_option, cmd_course)
+    add_day_two_parsers(commands, site_option)
     return parser
 
 

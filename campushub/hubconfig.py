@@ -25,8 +25,12 @@ def apply_hub(c: Config, site: Site, state: StateDir) -> None:
     c.JupyterHub.hub_port = site.hub.hub_port
     if site.hub.hub_connect_url:
         c.JupyterHub.hub_connect_url = site.hub.hub_connect_url
-    c.JupyterHub.db_url = state.db_url
-    if state.db_url.startswith("sqlite"):
+    from .database import hub_database, supply_password
+
+    db = hub_database(site, state)
+    c.JupyterHub.db_url = db.url  # never with the password: that goes to the driver, from memory
+    supply_password(db)
+    if db.kind == "sqlite":
         sqlite_write_ahead_log()
     c.JupyterHub.cookie_secret_file = str(state.cookie_secret_file)
     # Servers outlive a hub restart; `campushub up` asks for the opposite on its command line.
@@ -112,11 +116,14 @@ def secret_file(path: Path, key: str) -> tuple[str, str | None]:
 
 def secret_files(site: Site) -> dict[str, Path]:
     """The admin's secret files that the site names, by key."""
+    files = {}
     if site.auth.kind == "oidc":
-        return {"auth.oidc.client_secret_file": site.auth.oidc.client_secret_file}
-    if site.auth.kind == "github":
-        return {"auth.github.client_secret_file": site.auth.github.client_secret_file}
-    return {}
+        files["auth.oidc.client_secret_file"] = site.auth.oidc.client_secret_file
+    elif site.auth.kind == "github":
+        files["auth.github.client_secret_file"] = site.auth.github.client_secret_file
+    if site.hub.db_password_file:
+        files["hub.db_password_file"] = site.hub.db_password_file
+    return files
 
 
 def secret_problems(site: Site) -> list[str]:

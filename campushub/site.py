@@ -98,6 +98,35 @@ class HubSettings(Section):
         "users' homes in its homes/. Created with mode 0700. Logs go to the standard output of "
         "`campushub up`, `hub` and `proxy` (a terminal, or the service manager's journal).",
     )
+    db_url: str | None = Field(
+        None,
+        description="The hub's database (SQLAlchemy URL). Default: SQLite in the state folder "
+        "(<state_dir>/jupyterhub.sqlite). PostgreSQL: postgresql://campushub@db.campus.edu/jupyterhub (driver "
+        "psycopg 3: pip install campushub[postgres]), with the password in db_password_file, never in the URL.",
+    )
+    db_password_file: Path | None = Field(
+        None, description="File holding the hub database's password (mode 0600 or 0640); with a PostgreSQL db_url."
+    )
+
+    @field_validator("db_url")
+    @classmethod
+    def _a_database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from .database import url_problem  # the rules of database URLs live with the databases
+
+        problem = url_problem(value, "hub.db_password_file")
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("db_password_file")
+    @classmethod
+    def _password_with_postgresql(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value and not (info.data.get("db_url") or "").startswith("postgresql"):
+            raise ValueError("is for a PostgreSQL hub.db_url (SQLite needs no password)")
+        return value
+
     extra_config: dict[str, dict[str, Any]] = Field(
         {},
         description="JupyterHub settings that the site file does not model, as {Class: {setting: value}} "

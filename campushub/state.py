@@ -1,5 +1,6 @@
 """The state folder: hub database and generated secrets (files of mode 0600); with the local backend
-(the demo), users' homes in homes/."""
+(the demo), users' homes in homes/. The running hub holds hub.lock; `campushub db upgrade` keeps its copies
+of the database in backups/ (campushub.database)."""
 
 from __future__ import annotations
 

@@ -35,6 +35,10 @@ def campushub(*args: str, **kw) -> subprocess.CompletedProcess:
         ["schedule", "runs"],
         ["schedule", "run-now"],
         ["doctor"],
+        ["db"],
+        ["db", "upgrade"],
+        ["backup"],
+        ["restore"],
     ],
 )
 def test_every_command_has_help(args):
@@ -54,6 +58,7 @@ def example(tmp_path) -> Path:
     logo = tmp_path / "logo.svg"
     logo.write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
     text = EXAMPLE.read_text().replace("/etc/campushub/oidc-client-secret", str(secret))
+    text = text.replace("/etc/campushub/hub-db-password", str(secret))
     f.write_text(text.replace("/etc/campushub/logo.svg", str(logo)))
     return f
 
