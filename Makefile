@@ -37,8 +37,10 @@ DEMO_PACKAGES := python3-venv $(NODE_PACKAGES)
 # slurmdbd, mariadb-server: the test cluster's accounting, which holds course GPU quotas (tests/cluster/slurm.py).
 # debootstrap: the local Debian 12 base of the single-user images (images/build).
 # systemd-container: systemd-nspawn boots the deployment tests' hosts, each with systemd (tests/cluster/machines.py).
+# prometheus: a real Prometheus scrapes the hub's metrics, and its promtool checks the example alert rules
+# (tests/integration/test_metrics.py).
 TEST_PACKAGES := $(DEMO_PACKAGES) slurm-wlm munge sudo chromium podman runc uidmap slirp4netns postgresql \
-	slurmdbd mariadb-server debootstrap systemd-container
+	slurmdbd mariadb-server debootstrap systemd-container prometheus
 IMAGE_PACKAGES := podman runc debootstrap
 
 .PHONY: help demo check test hooks lock install system-packages test-system-packages singleuser-env clean clean-demo-state \

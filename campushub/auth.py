@@ -29,13 +29,19 @@ from oauthenticator.oauth2 import OAuthenticator, OAuthLoginHandler
 from tornado import web
 from traitlets import Unicode, default
 
+from .metrics import count_refused_login
+
 NAME_MAX = 32  # useradd's limit
 NAME_RE = re.compile(rf"[a-z][a-z0-9._-]{{0,{NAME_MAX - 1}}}")
 NO_LOGIN_SHELLS = {"nologin", "false"}
 
 
-def refuse(message: str) -> web.HTTPError:
-    return web.HTTPError(403, "%s", message)
+def refuse(message: str, reason: str = "other") -> web.HTTPError:
+    """A refused login (403) with the message for the person; `reason` (one of campushub.metrics'
+    REFUSAL_REASONS) is what campushub_refused_logins_total counts it as."""
+    error = web.HTTPError(403, "%s", message)
+    error.refusal = reason
+    return error
 
 
 def unix_name(claim: object, email_domain: str | None = None) -> str:
@@ -46,14 +52,15 @@ def unix_name(claim: object, email_domain: str | None = None) -> str:
     starting with a letter, at most 32 characters) is refused rather than changed.
     """
     if not isinstance(claim, str) or not claim.strip():
-        raise refuse("Your identity provider sent no user name.")
+        raise refuse("Your identity provider sent no user name.", "invalid_name")
     text = claim
     if email_domain and "@" in text:
         local, _, domain = text.rpartition("@")
         if domain.lower() != email_domain.lower():
             raise refuse(
                 f"The user name {claim!r} is not an address at {email_domain}: only {email_domain} "
-                "accounts may use CampusHub."
+                "accounts may use CampusHub.",
+                "email_domain",
             )
         text = local
     name = text.lower()
@@ -61,7 +68,8 @@ def unix_name(claim: object, email_domain: str | None = None) -> str:
         raise refuse(
             f"The user name {claim!r} is not a valid campus account name (a letter, then letters, digits, "
             f"'.', '_' or '-', at most {NAME_MAX}, nothing else): CampusHub does not change names to fit. "
-            "Ask your administrators."
+            "Ask your administrators.",
+            "invalid_name",
         )
     return name
 
@@ -111,13 +119,26 @@ class IdentityBinding(OAuthenticator):
     def identity(self, auth_model: dict) -> tuple[str, str]:
         raise NotImplementedError
 
+    async def get_authenticated_user(self, handler, data):
+        """JupyterHub's login, with each refusal counted by reason (campushub_refused_logins_total)."""
+        try:
+            authenticated = await super().get_authenticated_user(handler, data)
+        except web.HTTPError as e:
+            if e.status_code == 403:
+                count_refused_login(getattr(e, "refusal", "other"))
+            raise
+        if authenticated is None:  # blocked_users, or a name JupyterHub's own check refuses
+            count_refused_login("blocked")
+        return authenticated
+
     def user_info(self, auth_model: dict) -> dict:
         return (auth_model.get("auth_state") or {}).get(self.user_auth_state_key) or {}
 
     def _refuse_other_identity(self, name: str) -> web.HTTPError:
         return refuse(
             f"The user name {name!r} belongs to another identity: two identities never share an account. "
-            "Ask your administrators."
+            "Ask your administrators.",
+            "other_identity",
         )
 
     async def check_allowed(self, username, auth_model):
@@ -127,7 +148,8 @@ class IdentityBinding(OAuthenticator):
         if await super().check_allowed(username, dict(auth_model, admin=admin_by_group)):
             return True
         raise refuse(
-            f"{username} may not use {self.service_name}: {self.who_may_log_in()}. Ask your administrators for access."
+            f"{username} may not use {self.service_name}: {self.who_may_log_in()}. Ask your administrators for access.",
+            "not_allowed",
         )
 
     def who_may_log_in(self) -> str:
@@ -137,7 +159,9 @@ class IdentityBinding(OAuthenticator):
         name = authentication["name"]
         issuer, subject = self.identity(authentication)
         if not subject:
-            raise refuse("Your identity provider sent no subject (user id): the login cannot be bound to you.")
+            raise refuse(
+                "Your identity provider sent no subject (user id): the login cannot be bound to you.", "other_identity"
+            )
         if self.identities.owner(name) not in (None, (issuer, subject)):
             raise self._refuse_other_identity(name)
         authentication = await super().run_post_auth_hook(handler, authentication)
@@ -220,7 +244,8 @@ class CampusOIDCAuthenticator(IdentityBinding, GenericOAuthenticator):
             if "@" not in email or domain not in {d.lower() for d in domains} or info.get("email_verified") is False:
                 raise refuse(
                     f"{username} may not use {self.service_name}: it is open to verified addresses at "
-                    f"{', '.join(domains)}, and your identity provider sent {email or 'no address'!r}."
+                    f"{', '.join(domains)}, and your identity provider sent {email or 'no address'!r}.",
+                    "email_domain",
                 )
         return True
 
@@ -250,13 +275,14 @@ def account_hook(mode: str, min_uid: int, max_uid: int):
             if mode != "create":
                 raise refuse(
                     f"You are logged in as {name}, but this cluster has no unix account {name!r}. "
-                    "Accounts come from the campus directory: ask your administrators to enable yours."
+                    "Accounts come from the campus directory: ask your administrators to enable yours.",
+                    "no_account",
                 ) from None
             account = create_account(name)
             authenticator.log.info("Created the unix account %s (uid %s)", name, account.pw_uid)
         problem = account_problem(account, min_uid, max_uid)
         if problem:
-            raise refuse(f"{problem}: it cannot log in to CampusHub.")
+            raise refuse(f"{problem}: it cannot log in to CampusHub.", "system_account")
         return authentication
 
     return hook
@@ -280,7 +306,8 @@ def create_account(name: str) -> pwd.struct_passwd:
     else:
         raise refuse(
             f"A unix group named {name!r} exists already, so no account of that name can be created. "
-            "Ask your administrators."
+            "Ask your administrators.",
+            "no_account",
         )
     done = subprocess.run(
         ["useradd", "--create-home", "--shell", "/bin/bash", "--", name], capture_output=True, text=True

@@ -410,3 +410,15 @@ def _last_value(last: Mapping[str, Any], field: str, profile: Profile, default: 
     if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
         return value
     return min(max(default, low), high)
+
+
+def granting_group(profile: Profile, *, admin: bool, groups: Mapping[str, Mapping[str, Any]]) -> str:
+    """Why a user holds a profile, as a metric label with few values: 'everyone', else the first (by name) of
+    the user's hub groups that grants it (profile.groups or the group's campushub_profiles), else 'admin'."""
+    if profile.everyone:
+        return "everyone"
+    for group in sorted(groups):
+        slugs = (groups[group] or {}).get(GROUP_PROPERTY) or []
+        if group in profile.groups or (isinstance(slugs, list) and profile.slug in slugs):
+            return group
+    return "admin" if admin else "none"

@@ -560,6 +560,15 @@ class SchedulerSettings(Section):
     )
 
 
+class MetricsSettings(Section):
+    token_file: Path | None = Field(
+        None,
+        description="File holding the token (at least 16 characters, mode 0600) that Prometheus sends to scrape "
+        "/hub/metrics: the hub service 'prometheus' gets it, with the scope read:metrics and nothing else. "
+        "Unset: only a token with read:metrics (an admin's) can read the metrics.",
+    )
+
+
 class BrandingSettings(Section):
     name: str = Field(
         "CampusHub", min_length=1, max_length=60, description="The service's name, on every page and in titles."
@@ -614,6 +623,7 @@ class Site(Section):
     users: UsersSettings = Field({}, description="Users' unix accounts.")
     culling: CullingSettings = Field({}, description="Stopping idle servers (jupyterhub-idle-culler).")
     scheduler: SchedulerSettings = Field({}, description="Nightly notebooks: scheduled papermill runs.")
+    metrics: MetricsSettings = Field({}, description="Prometheus metrics at /hub/metrics (docs/metrics.md).")
     profiles: list[Profile] = Field(
         [],
         description="Resource profiles users choose from on the spawn page (Slurm backend). Without any, "

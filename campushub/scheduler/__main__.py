@@ -14,22 +14,14 @@ from urllib.parse import urlparse
 
 from tornado.web import Application
 
-from ..hubconfig import public_url, read_secret_file
+from ..hubconfig import public_url
 from ..site import SiteError, load_site
 from ..state import StateDir
 from .api import app_handlers
 from .demo import add_example
 from .executors import executor_for
 from .service import HubClient, Scheduler
-from .store import open_store
-
-
-def db_url(site, state: StateDir) -> tuple[str, str | None]:
-    settings = site.scheduler
-    password = None
-    if settings.db_password_file:
-        password = read_secret_file(settings.db_password_file, "scheduler.db_password_file")
-    return settings.db_url or f"sqlite:///{state.path / 'scheduler.sqlite'}", password
+from .store import db_url, open_store
 
 
 async def serve() -> None:

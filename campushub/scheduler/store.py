@@ -53,6 +53,17 @@ def head_revision() -> str:
     return ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
 
+def db_url(site, state) -> tuple[str, str | None]:
+    """The site's scheduler database: (SQLAlchemy URL, password or None). `state`: the site's StateDir."""
+    from ..hubconfig import read_secret_file
+
+    settings = site.scheduler
+    password = None
+    if settings.db_password_file:
+        password = read_secret_file(settings.db_password_file, "scheduler.db_password_file")
+    return settings.db_url or f"sqlite:///{state.path / 'scheduler.sqlite'}", password
+
+
 def open_store(url: str, password: str | None = None) -> sessionmaker:
     engine = open_engine(url, password)
     upgrade(engine)

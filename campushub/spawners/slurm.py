@@ -21,6 +21,7 @@ import json
 import os
 import pwd
 import shlex
+import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -32,6 +33,7 @@ from markupsafe import Markup
 from tornado import web
 from traitlets import Any, Dict, Float, Instance, Integer, List, Unicode, default
 
+from .. import metrics
 from ..auth import account_problem
 from ..gpus import GPUS, Inventory
 from ..profiles import (
@@ -42,6 +44,7 @@ from ..profiles import (
     duration_words,
     gpu_words,
     granted_profiles,
+    granting_group,
     group_slurm_account,
     options_form,
     options_from_form,
@@ -342,6 +345,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     ).tag(config=True)
 
     request = Any(None, help="The validated SpawnRequest of the current spawn.")
+    _stop_asked = False  # a stop came while the spawn was pending: it ends as cancelled
     last_stop = Dict(help="How the last job ended: job_id, state, reason. Kept in the hub database.")
     accepted_options = Dict(help="The user_options of the last spawn that was accepted. Kept in the hub database.")
     fallback_notice = Unicode("", help="Why this spawn uses the default profile instead of the saved options.")
@@ -707,6 +711,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         # The hub forgets the server once stop() returns, whatever happened: a cancel that failed for a
         # passing reason (slurmctld busy, munge restarting) is tried again while Slurm still lists the job.
         job_id = self.job_id
+        if self.pending == "spawn":
+            self._stop_asked = True  # the spawn ends as cancelled, not failed
         if not job_id:
             return
         self.log.info("Cancelling job %s of %s", job_id, self.user.name)
@@ -752,14 +758,44 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             event.set()
 
     async def start(self):
+        began = time.monotonic()
+        self._stop_asked = False
         try:
             started = await self.start_job()
-        except SpawnError as e:
-            # the next spawn form shows it next to the choice that failed
-            self.problem = {"options": dict(self.user_options or {}), "message": e.words, "details": e.details}
+        except BaseException as e:
+            cancelled = self._stop_asked or isinstance(e, asyncio.CancelledError)
+            outcome = "cancelled" if cancelled else "failed"
+            metrics.observe_spawn(self.profile_label(), outcome, time.monotonic() - began)
+            if isinstance(e, SpawnError):
+                # the next spawn form shows it next to the choice that failed
+                self.problem = {"options": dict(self.user_options or {}), "message": e.words, "details": e.details}
             raise
+        # the server listens (campushub-singleuser reports its port then): ready for the hub's check
+        metrics.observe_spawn(self.profile_label(), "ready", time.monotonic() - began)
         self.problem = {}  # an earlier failure, never shown, is past
         return started
+
+    def profile_label(self) -> str:
+        """This spawn's profile, for the spawn metric ('none' when the request cannot be told)."""
+        try:
+            return self.job_request.profile
+        except web.HTTPError:
+            return "none"
+
+    def metric_labels(self) -> tuple[str, str, int] | None:
+        """What this running server counts as in campushub_running_servers and campushub_gpus_in_use:
+        (profile, the group that grants it, GPUs); None when its request cannot be told."""
+        request = self.request
+        if request is None:  # started before the hub's restart: its last accepted options
+            try:
+                request = self.resolve(self.accepted_options)
+            except web.HTTPError:
+                return None
+        profile = {p.slug: p for p in self.all_profiles()}.get(request.profile)
+        if profile is None:
+            return None
+        groups = {g.name: dict(g.properties or {}) for g in self.user.groups}
+        return request.profile, granting_group(profile, admin=bool(self.user.admin), groups=groups), request.gpus
 
     async def start_job(self):
         self.unix_account()
@@ -770,9 +806,11 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             self.server.port = 0
         self._port_reported = asyncio.Event()
         job_id = await self.submit_batch_script()
+        submitted = time.monotonic()
         while True:
             status = await self.query_job_status()
             if status == JobStatus.RUNNING:
+                metrics.observe_queue_wait(self.job_request.partition, time.monotonic() - submitted)
                 break
             if status == JobStatus.NOTFOUND:
                 error = await self.job_ended_error(job_id, "before its server started")

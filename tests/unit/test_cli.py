@@ -50,15 +50,19 @@ def test_every_command_has_help(args):
 
 @pytest.fixture
 def example(tmp_path) -> Path:
-    """The example site file, with its OIDC client secret in a file that exists."""
+    """The example site file, with its OIDC client secret and Prometheus token in files that exist."""
     secret = tmp_path / "oidc-client-secret"
     secret.write_text("s3cret\n")
     secret.chmod(0o600)
+    token = tmp_path / "prometheus-token"
+    token.write_text("a-token-of-prometheus\n")
+    token.chmod(0o600)
     f = tmp_path / "campushub.yaml"
     logo = tmp_path / "logo.svg"
     logo.write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
     text = EXAMPLE.read_text().replace("/etc/campushub/oidc-client-secret", str(secret))
     text = text.replace("/etc/campushub/hub-db-password", str(secret))
+    text = text.replace("/etc/campushub/prometheus-token", str(token))
     f.write_text(text.replace("/etc/campushub/logo.svg", str(logo)))
     return f
 
@@ -104,6 +108,7 @@ def test_config_schema_is_json_schema():
         "spawner",
         "culling",
         "scheduler",
+        "metrics",
         "profiles",
     }
     assert schema["additionalProperties"] is False
