@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -158,6 +160,29 @@ class HubClient:
 
     def user_get(self, user: str, path: str, token: str, **kw) -> requests.Response:
         return self.user_request("GET", user, path, token, **kw)
+
+    @contextmanager
+    def asking(self, user: str, path: str, token: str, interval: float = 0.05) -> Iterator[list]:
+        """While the block runs, GET the user's `path` through the proxy every `interval` s: the list of
+        answers' status codes (or the errors), growing as they come."""
+        results: list[int | str] = []
+        stop = threading.Event()
+
+        def ask():
+            while not stop.is_set():
+                try:
+                    results.append(self.user_get(user, path, token).status_code)
+                except requests.RequestException as e:
+                    results.append(repr(e))
+                time.sleep(interval)
+
+        asker = threading.Thread(target=ask)
+        asker.start()
+        try:
+            yield results
+        finally:
+            stop.set()
+            asker.join()
 
 
 class RunningHub(HubClient):

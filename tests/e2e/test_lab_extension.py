@@ -174,6 +174,11 @@ def test_the_schedule_dialog_makes_a_schedule_that_the_scheduler_lists(lab, hub,
     )  # fmt: skip
     assert r.status_code in (200, 201), r.text
     lab.goto(f"{hub.url}/user/{USER}/lab/tree/nightly-report.ipynb")
+    # the Lab restores the workspace's other notebook too, and may show it last: bring this one forward
+    tab = lab.locator(".lm-DockPanel-tabBar .lm-TabBar-tab", has_text="nightly-report.ipynb")
+    expect(tab).to_be_visible(timeout=LAB_TIMEOUT_MS)
+    tab.click()
+    expect(tab).to_have_class(re.compile(r"\blm-mod-current\b"))
     button = lab.locator(".jp-NotebookPanel:visible .jp-campushub-ScheduleButton")
     expect(button).to_be_visible(timeout=LAB_TIMEOUT_MS)
     button.click()

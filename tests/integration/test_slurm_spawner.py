@@ -93,29 +93,13 @@ def test_hub_restart_keeps_servers_and_cuts_no_request(hub, slurm, tokens):
     users = ["chub-alice", "chub-bob"]
     jobs_before = {u: running_job(hub, slurm, tokens, u) for u in users}
 
-    results: list[int | str] = []
-    stop = threading.Event()
-
-    def keep_asking():
-        while not stop.is_set():
-            try:
-                results.append(hub.user_get("chub-alice", "api/status", tokens["chub-alice"]).status_code)
-            except requests.RequestException as e:
-                results.append(repr(e))
-            time.sleep(0.05)
-
-    asker = threading.Thread(target=keep_asking)
-    asker.start()
-    try:
+    with hub.asking("chub-alice", "api/status", tokens["chub-alice"]) as results:
         time.sleep(1)
         hub.stop_hub()
         time.sleep(2)  # the hub is down: users' traffic still flows through the proxy
         during = len(results)
         hub.start_hub()
         time.sleep(1)
-    finally:
-        stop.set()
-        asker.join()
 
     assert during > 10 and len(results) > during
     assert set(results) == {200}, [r for r in results if r != 200][:5]
