@@ -7,7 +7,8 @@ VENV ?= .venv
 CHP_VERSION := 4.6.3
 # The single-user environment for the test cluster's jobs: outside the checkout, world-readable.
 SINGLEUSER_ENV ?= /opt/campushub/test-singleuser
-PYTEST_ARGS ?=
+# What make test runs after make check (which has run tests/unit); PYTEST_ARGS=tests/integration/test_login.py runs a part.
+PYTEST_ARGS ?= tests/integration tests/e2e
 # The exact versions CampusHub is tested with, of every Python package: every pip install below uses them.
 # A site that must patch a package passes its own copy: make install CONSTRAINTS=site-constraints.txt
 CONSTRAINTS ?= constraints.txt
