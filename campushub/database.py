@@ -25,8 +25,6 @@ import subprocess
 import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,7 +161,7 @@ def hub_database(site, state: StateDir) -> Database:
 
 
 def scheduler_database(site, state: StateDir) -> Database:
-    from .scheduler.__main__ import db_url
+    from .scheduler.store import db_url
 
     return Database(*db_url(site, state))
 
@@ -194,15 +192,17 @@ def lock_holder(state: StateDir) -> str:
 
 def hub_api_answers(site) -> str | None:
     """The hub's API address when something answers there as a JupyterHub does, else None."""
-    from .cli import http_address
+    from .cli import http_address, hub_api_answer
 
     address = http_address(site.hub.hub_ip, site.hub.hub_port)
-    url = f"{address}{site.hub.base_url}hub/api/"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return url if "version" in json.loads(r.read(4096) or b"{}") else None
-    except (OSError, ValueError, urllib.error.HTTPError):
-        return None
+    answer = hub_api_answer(address, site)
+    if answer and answer[0] == 200:
+        try:
+            if "version" in json.loads(answer[2] or "{}"):
+                return f"{address}{site.hub.base_url}hub/api/"
+        except ValueError:
+            pass
+    return None
 
 
 @contextlib.contextmanager

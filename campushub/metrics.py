@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from .scheduler.models import RUN_STATES
+
 log = logging.getLogger("campushub.metrics")
 
 SPAWN_OUTCOMES = ("ready", "failed", "cancelled")
@@ -36,7 +38,6 @@ REFUSAL_REASONS = (
     "system_account",  # a uid outside users.min_uid..max_uid, or a nologin shell
     "other",  # any other refusal
 )
-RUN_STATES = ("pending", "submitting", "queued", "running", "succeeded", "failed", "timed_out", "cancelled")
 
 # A server starts in seconds when a node is free, or waits hours in the queue for GPUs.
 WAIT_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)

@@ -90,3 +90,4 @@ class Run(Base):
 
 ACTIVE_STATES = ("submitting", "queued", "running")
 END_STATES = ("succeeded", "failed", "timed_out", "cancelled")
+RUN_STATES = ("pending", *ACTIVE_STATES, *END_STATES)

@@ -512,12 +512,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         state, host, start, _ = squeue_fields(self.job_status)
         if not self.job_id or state not in RUNNING_STATES:
             return {}
-        request = self.request
-        if request is None:
-            try:
-                request = self.resolve(self.accepted_options)
-            except web.HTTPError:
-                request = None
+        request = self.running_request()
         known = {p.slug: p for p in self.all_profiles()}
         facts = {"job_id": self.job_id, "node": host, "profile": "", "gpus": "none", "time_left": ""}
         if request is not None:
@@ -782,15 +777,22 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         except web.HTTPError:
             return "none"
 
+    def running_request(self):
+        """The running server's SpawnRequest: this spawn's, or for a server started before the hub's restart
+        its last accepted options; None when they no longer resolve."""
+        if self.request is not None:
+            return self.request
+        try:
+            return self.resolve(self.accepted_options)
+        except web.HTTPError:
+            return None
+
     def metric_labels(self) -> tuple[str, str, int] | None:
         """What this running server counts as in campushub_running_servers and campushub_gpus_in_use:
         (profile, the group that grants it, GPUs); None when its request cannot be told."""
-        request = self.request
-        if request is None:  # started before the hub's restart: its last accepted options
-            try:
-                request = self.resolve(self.accepted_options)
-            except web.HTTPError:
-                return None
+        request = self.running_request()
+        if request is None:
+            return None
         profile = {p.slug: p for p in self.all_profiles()}.get(request.profile)
         if profile is None:
             return None
