@@ -51,35 +51,41 @@ def test_postgresql_gets_psycopg_and_the_password_only_in_memory(tmp_path):
     assert "password" not in elsewhere
 
 
+@pytest.mark.parametrize("section", ["hub", "scheduler"])
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
-        ("postgresql://campushub:pw@db/jupyterhub", "hub.db_url: holds a password: take it out of the URL and put it in "
-         "a file named by hub.db_password_file"),
-        ("mysql://hub@db/jupyterhub", "hub.db_url: mysql databases are not supported"),
-        ("postgresql+psycopg2://hub@db/jupyterhub", "hub.db_url: postgresql+psycopg2 databases are not supported"),
-        ("postgresql://campushub@db", "hub.db_url: a PostgreSQL URL names a host and a database"),
-        ("db.campus.edu/jupyterhub", "hub.db_url: 'db.campus.edu/jupyterhub' is not a database URL"),
+        ("postgresql://campushub:pw@db/jupyterhub", "{s}.db_url: holds a password: take it out of the URL and put it in "
+         "a file named by {s}.db_password_file"),
+        ("mysql://hub@db/jupyterhub", "{s}.db_url: mysql databases are not supported"),
+        ("postgresql+psycopg2://hub@db/jupyterhub", "{s}.db_url: postgresql+psycopg2 databases are not supported"),
+        ("postgresql://campushub@db", "{s}.db_url: a PostgreSQL URL names a host and a database"),
+        ("db.campus.edu/jupyterhub", "{s}.db_url: 'db.campus.edu/jupyterhub' is not a database URL"),
     ],
 )  # fmt: skip
-def test_a_bad_database_url_is_refused_with_its_key(url, problem):
-    (found,) = problems({"hub": {"db_url": url}})
-    assert found.startswith(problem), found
+def test_a_bad_database_url_is_refused_with_its_key(section, url, problem):
+    (found,) = problems({section: {"db_url": url}})
+    assert found.startswith(problem.format(s=section)), found
 
 
-def test_a_password_file_needs_a_postgresql_url():
-    (found,) = problems({"hub": {"db_password_file": "/etc/campushub/pw"}})
-    assert found == "hub.db_password_file: is for a PostgreSQL hub.db_url (SQLite needs no password)"
+@pytest.mark.parametrize("section", ["hub", "scheduler"])
+def test_a_password_file_needs_a_postgresql_url(section):
+    (found,) = problems({section: {"db_password_file": "/etc/campushub/pw"}})
+    assert found == f"{section}.db_password_file: is for a PostgreSQL {section}.db_url (SQLite needs no password)"
 
 
-def test_a_password_file_readable_by_all_is_refused(tmp_path):
+@pytest.mark.parametrize("section", ["hub", "scheduler"])
+def test_a_password_file_readable_by_all_is_refused(tmp_path, section):
     secret = tmp_path / "db-password"
     secret.write_text("pw\n")
     secret.chmod(0o644)
     site = parse_site(
-        {"hub": {"state_dir": str(tmp_path), "db_url": "postgresql://h@db/j", "db_password_file": str(secret)}}
+        {
+            "hub": {"state_dir": str(tmp_path)},
+            section: {"db_url": "postgresql://h@db/j", "db_password_file": str(secret)},
+        }
     )
-    with pytest.raises(SiteError, match=r"hub.db_password_file: .* is readable by every user: chmod 600 it"):
+    with pytest.raises(SiteError, match=rf"{section}.db_password_file: .* is readable by every user: chmod 600 it"):
         check_site(site)
 
 
