@@ -164,6 +164,13 @@ def install_newer(venv: Path, wheel_dir: Path) -> subprocess.CompletedProcess:
     return sh([*pip, wheel], env=clean_env(venv), cwd=wheel_dir)
 
 
+def reinstall_older(venv: Path, wheel_dir: Path) -> subprocess.CompletedProcess:
+    """Put the older CampusHub and its JupyterHub back with pip, as an admin rolls an upgrade back."""
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    pip = [venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--constraint"]
+    return sh([*pip, older_constraints(wheel_dir / "constraints.txt"), older_wheel(wheel_dir)], env=clean_env(venv))
+
+
 class InstalledHub(RunningHub):
     """A RunningHub whose `campushub proxy` and `campushub hub` run from the installation `venv`, in the
     hub's folder (`python -m` would put the current folder, maybe this tree, first on sys.path)."""

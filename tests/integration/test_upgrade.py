@@ -4,11 +4,13 @@ running, two users' servers running with files in their homes. While one user ke
 through the proxy, this tree is installed over it with pip (JupyterHub 6.1.1), the hub stopped, started
 once without `campushub db upgrade` (it refuses, saying what to run), `campushub db upgrade` run, and the
 hub started again. Nothing is lost: every request answered, the same server processes, users, groups and
-grants, files, and the new hub stops and starts servers."""
+grants, files, and the new hub stops and starts servers. Then the rollback: the older version reinstalled
+(it refuses the newer schema) and the backup copied back; the older hub finds the server that kept running."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -29,6 +31,7 @@ from tests.cluster.upgrade import (
     install_newer,
     installed_versions,
     older_installation,
+    reinstall_older,
     remove_installation,
 )
 from tests.integration.test_hub_database import ADMIN, hub_view, server_pid
@@ -160,6 +163,27 @@ def test_an_older_campushub_upgrades_in_place_while_servers_run(older, tmp_path)
         pids["ada"] = server_pid(hub, "ada", admin)
         r = hub.user_get("ada", "api/contents/notes.txt", tokens["ada"])
         assert r.status_code == 200 and r.json()["content"] == files["ada"][0].decode()
+
+        # the rollback: ada's new server stopped, the hub stopped, the older version reinstalled, which refuses
+        # the newer schema; the backup copied back (SQLite's side files gone first); the older hub started
+        hub.stop_server("ada", tokens["ada"])
+        hub.stop_hub()
+        reinstall_older(older, tmp_path / "older")
+        assert installed_versions(older, tmp_path) == (OLDER_VERSION, OLDER_JUPYTERHUB)
+        code, said = hub_refuses(hub)
+        assert code == 2 and f"has schema revision {NEWEST}, which JupyterHub {OLDER_JUPYTERHUB} does not know" in said
+        database = state / "jupyterhub.sqlite"
+        for side in ("-wal", "-shm"):
+            Path(f"{database}{side}").unlink(missing_ok=True)
+        shutil.copy(backup, database)
+        hub.start_hub()
+        assert jupyterhub_version(hub) == OLDER_JUPYTERHUB
+        after = hub_view(hub, admin)
+        assert after["users"]["ada"][2] == {}  # the server the backup knew ended (restarted after the upgrade)
+        after["users"]["ada"] = before["users"]["ada"]
+        assert after == before
+        assert server_pid(hub, "bob", admin) == pids["bob"] and running(pids["bob"])
+        assert hub.user_get("bob", "api/contents/notes.txt", tokens["bob"]).status_code == 200
     finally:
         hub.close()
         for pid in pids.values():  # servers outlive the hub (cleanup_servers is off)
