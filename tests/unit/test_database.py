@@ -10,9 +10,18 @@ import tarfile
 import pytest
 
 from campushub.cli import main
-from campushub.database import DatabaseError, backup, hub_database, read_archive, restore, take_hub_lock
+from campushub.database import (
+    DatabaseError,
+    backup,
+    hub_database,
+    jupyterhub_scripts,
+    read_archive,
+    restore,
+    schema_problem,
+    take_hub_lock,
+)
 from campushub.hubconfig import check_site, hub_config
-from campushub.site import SiteError, parse_site
+from campushub.site import SiteError, load_site, parse_site
 from campushub.state import StateDir
 
 
@@ -207,3 +216,36 @@ def test_an_archive_reaching_outside_the_state_folder_is_refused_and_nothing_sta
         restore(site, StateDir(site.hub.state_dir), archive, say=lambda _: None)
     assert not (tmp_path / "outside").exists()
     assert [p.name for p in (tmp_path / "restored").iterdir()] == ["hub.lock"]
+
+
+@pytest.mark.parametrize(
+    "revision, said",
+    [
+        (None, None),  # no database yet: the hub makes it
+        ("head", None),
+        ("4621fec11365", "has an older JupyterHub's schema (revision 4621fec11365); JupyterHub "),
+        ("0123456789ab", "has schema revision 0123456789ab, which JupyterHub "),
+    ],
+)
+def test_the_hub_refuses_a_schema_not_its_own_naming_campushub_db_upgrade(tmp_path, revision, said):
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(json.dumps({"hub": {"state_dir": str(tmp_path / "state")}}))
+    site = load_site(site_file)
+    state = StateDir(site.hub.state_dir).ensure()
+    if revision:
+        db = sqlite3.connect(state.path / "jupyterhub.sqlite")
+        head = jupyterhub_scripts().get_current_head()
+        db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        db.execute("INSERT INTO alembic_version VALUES (?)", (head if revision == "head" else revision,))
+        db.commit()
+        db.close()
+    problem = schema_problem(site, state)
+    if said is None:
+        assert problem is None
+        return
+    assert problem.startswith(f"the hub database ({state.path / 'jupyterhub.sqlite'}) {said}")
+    if revision == "4621fec11365":
+        assert problem.endswith(f"run `campushub db upgrade --config {site_file}` (it backs the database up first), "
+                                "then start the hub again")  # fmt: skip
+    else:
+        assert "a newer JupyterHub made it" in problem and str(state.path / "backups") in problem
