@@ -58,9 +58,9 @@ def on_connect_wal(dbapi_connection, _record) -> None:
 
 def apply_proxy(c: Config, site: Site, state: StateDir) -> None:
     # The proxy is its own process (`campushub proxy`), so a hub restart cuts no user's connection.
-    c.ConfigurableHTTPProxy.should_start = False
-    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{site.proxy.api_port}"
-    c.ConfigurableHTTPProxy.auth_token = state.proxy_auth_token()
+    from .proxy import hub_proxy_config
+
+    hub_proxy_config(c, site, state)
 
 
 HUB_TEMPLATES = Path(__file__).with_name("templates")
@@ -420,6 +420,7 @@ def configurable_classes() -> dict[str, type]:
     """The classes whose settings hub.extra_config may set: JupyterHub's own and CampusHub's."""
     from jupyterhub.app import JupyterHub
     from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner
+    from jupyterhub_traefik_proxy.fileprovider import TraefikFileProviderProxy
     from oauthenticator.generic import GenericOAuthenticator
     from oauthenticator.github import GitHubOAuthenticator
 
@@ -432,6 +433,7 @@ def configurable_classes() -> dict[str, type]:
     for cls in [
         *JupyterHub().classes, LocalProcessSpawner, SimpleLocalProcessSpawner, LocalSpawner, SlurmSpawner, DockerSpawner,
         GenericOAuthenticator, GitHubOAuthenticator, CampusOIDCAuthenticator, CampusGitHubOAuthenticator,
+        TraefikFileProviderProxy,
     ]:  # fmt: skip
         for parent in cls.mro():
             if hasattr(parent, "class_trait_names"):
