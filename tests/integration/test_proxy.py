@@ -4,6 +4,7 @@ answers only with its secret; `campushub up` runs and stops traefik too."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import yaml
 
 from tests.cluster.hub import RunningHub
 from tests.cluster.slurm import free_port, wait_for
+from tests.integration.test_demo import another_program, processes_under, site_on_free_ports
 
 ADMIN = "ops"
 USERS = ["ada", "bob"]
@@ -31,21 +33,16 @@ def hub(request, root_required, tmp_path):
             "scheduler": {"enabled": False},
             "culling": {"enabled": False},
         },
-    ).start()
+    )
+    homes = tmp_path / "state" / "homes"
     try:
-        yield hub
+        yield hub.start()
     finally:
-        try:
-            admin = hub.token(ADMIN, hub.admin_password)
-            for user in USERS:
-                hub.api("DELETE", f"/users/{user}/server", admin)
-            wait_for(lambda: not running_servers(hub, admin), 60, "the servers to stop")
-        finally:
-            hub.close()
-
-
-def running_servers(hub: RunningHub, admin: str) -> list[str]:
-    return [u for u in USERS if (r := hub.api("GET", f"/users/{u}", admin)).ok and r.json()["servers"]]
+        hub.close()
+        # users' servers outlive the hub (they run in its homes): end them too
+        for pid in processes_under(homes):
+            os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not processes_under(homes), 30, "the users' servers to stop")
 
 
 def proxy_routes(hub: RunningHub) -> set[str]:
@@ -148,6 +145,26 @@ def test_up_runs_traefik_and_ctrl_c_stops_it(root_required, tmp_path):
     assert up.returncode == 0, out
     assert "campushub: stopped" in out
     assert not traefik_of(tmp_path / "state"), "traefik outlived `campushub up`"
+
+
+@pytest.mark.parametrize("taken, what", [("port", "where users reach CampusHub"), ("api_port", "the proxy's API")])
+def test_traefik_refuses_an_address_that_another_program_holds(tmp_path, taken, what):
+    site, ports = site_on_free_ports(tmp_path)
+    site.write_text(
+        yaml.safe_dump(
+            {**yaml.safe_load(site.read_text()), "proxy": {"kind": "traefik", "api_port": ports["api_port"]}}
+        )
+    )
+    with another_program(ports[taken]):
+        r = subprocess.run(
+            [sys.executable, "-m", "campushub", "proxy", "--config", str(site)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert r.returncode == 2
+    assert f"http://127.0.0.1:{ports[taken]} ({what}) is in use by another program" in r.stderr, r.stderr
+    assert not traefik_of(tmp_path / "state")
 
 
 def traefik_of(state: Path) -> list[int]:

@@ -73,7 +73,10 @@ def test_traefik_watches_the_file_where_the_hub_keeps_the_routes(tmp_path):
     assert user == p.traefik_api_username
     assert bcrypt.checkpw(p.traefik_api_password.encode(), hashed.encode())
     assert static["api"] == {"dashboard": True}, "the API only through campushub.toml's router"
-    assert own["http"]["routers"]["campushub-api"]["entryPoints"] == [p.traefik_api_entrypoint]
+    api_router = own["http"]["routers"]["campushub-api"]
+    assert api_router["entryPoints"] == [p.traefik_api_entrypoint] and api_router["middlewares"] == [
+        "campushub-api-auth"
+    ]
     # what no route matches goes to the hub, and so do the error pages
     assert own["http"]["services"]["campushub-hub"]["loadBalancer"]["servers"] == [{"url": "http://127.0.0.1:8081"}]
     assert own["http"]["middlewares"]["campushub-errors"]["errors"]["query"] == "/hub/error/{status}"
