@@ -1,18 +1,21 @@
 """Each proxy (proxy.kind: chp, traefik) run as `campushub proxy` in front of a real hub (the demo's login and
-local servers): a hub restart cuts no request to a user's server and keeps every route; the proxy's API
-answers only with its secret; `campushub up` runs and stops traefik too."""
+local servers): a hub restart cuts no request to a user's server, nor an open websocket, and keeps every
+route; the proxy's API answers only with its secret; `campushub up` runs and stops traefik too."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import requests
+import websocket
 import yaml
 
 from tests.cluster.hub import RunningHub
@@ -70,6 +73,13 @@ def test_a_hub_restart_cuts_no_request_and_keeps_every_route(hub):
     for user in USERS:
         assert hub.spawn_and_wait(user, tokens[user])["ready"]
     assert all(has_route(proxy_routes(hub), user) for user in USERS)
+    # a kernel's open websocket (what JupyterLab keeps open) across the restart too
+    kernel = hub.user_request("POST", "bob", "api/kernels", tokens["bob"], json={}).json()["id"]
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{hub.port}/user/bob/api/kernels/{kernel}/channels",
+        header={"Authorization": f"token {tokens['bob']}"}, timeout=30,
+    )  # fmt: skip
+    assert kernel_info(ws) == "ok"
 
     with hub.asking("ada", "api/status", tokens["ada"]) as answers:
         time.sleep(1)
@@ -82,6 +92,8 @@ def test_a_hub_restart_cuts_no_request_and_keeps_every_route(hub):
 
     assert during > 10 and len(answers) > during
     assert set(answers) == {200}, [a for a in answers if a != 200][:5]
+    assert kernel_info(ws) == "ok", "the websocket opened before the restart still works"
+    ws.close()
     # the proxy kept every route while the hub was away, and has them after the hub's start
     assert all(has_route(routes_without_hub, user) for user in USERS), routes_without_hub
     assert all(has_route(proxy_routes(hub), user) for user in USERS)
@@ -93,6 +105,17 @@ def test_a_hub_restart_cuts_no_request_and_keeps_every_route(hub):
     r = hub.api("GET", "/proxy", admin)
     r.raise_for_status()
     assert {"/", "/user/ada/", "/user/bob/"} <= set(r.json())
+
+
+def kernel_info(ws: websocket.WebSocket) -> str:
+    """Ask a kernel for its info over its websocket (Jupyter's JSON messages): the reply's status."""
+    msg_id = uuid.uuid4().hex
+    header = {"msg_id": msg_id, "msg_type": "kernel_info_request", "session": msg_id, "username": "", "version": "5.3"}
+    ws.send(json.dumps({"header": header, "parent_header": {}, "metadata": {}, "content": {}, "channel": "shell"}))
+    while True:
+        msg = json.loads(ws.recv())
+        if msg["msg_type"] == "kernel_info_reply" and msg["parent_header"].get("msg_id") == msg_id:
+            return msg["content"]["status"]
 
 
 def test_the_proxys_api_answers_only_with_its_secret(hub):
