@@ -20,7 +20,7 @@ import yaml
 
 from tests.cluster.hub import RunningHub
 from tests.cluster.slurm import free_port, wait_for
-from tests.integration.test_demo import another_program, processes_under, site_on_free_ports
+from tests.integration.test_demo import another_program, listening, processes_under, site_on_free_ports
 
 ADMIN = "ops"
 USERS = ["ada", "bob"]
@@ -105,6 +105,23 @@ def test_a_hub_restart_cuts_no_request_and_keeps_every_route(hub):
     r = hub.api("GET", "/proxy", admin)
     r.raise_for_status()
     assert {"/", "/user/ada/", "/user/bob/"} <= set(r.json())
+
+
+@pytest.mark.parametrize("hub", ["traefik"], indirect=True)
+def test_a_traefik_restart_keeps_every_route(hub):
+    """traefik reads the routes back from the state folder: no wait for the hub to add them again."""
+    tokens = {user: hub.token(user) for user in USERS}
+    for user in USERS:
+        assert hub.spawn_and_wait(user, tokens[user])["ready"]
+    hub.proxy.terminate()
+    hub.proxy.wait(30)
+    assert not listening(hub.port)
+    hub.proxy = hub._campushub("proxy", log="proxy.log")
+    wait_for(lambda: listening(hub.port), 30, "traefik to listen")
+    # traefik listens a moment before it has read its files (it answers 404 then); the hub would add
+    # missing routes only at its next check, after culling.activity_interval (60 s)
+    for user in USERS:
+        wait_for(lambda u=user: hub.user_get(u, "api/status", tokens[u]).status_code == 200, 10, f"{user}'s route")
 
 
 def kernel_info(ws: websocket.WebSocket) -> str:
