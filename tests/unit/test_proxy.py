@@ -120,3 +120,11 @@ def test_chp_has_the_hub_as_default_and_error_target(tmp_path):
     c = hub_config(site)
     assert c.ConfigurableHTTPProxy.should_start is False
     assert env == {"CONFIGPROXY_AUTH_TOKEN": c.ConfigurableHTTPProxy.auth_token}
+
+
+def test_extra_config_may_set_the_traefik_proxy_class(tmp_path):
+    extra = {"TraefikFileProviderProxy": {"check_route_timeout": 60}}
+    site = parse_site({"hub": {"state_dir": str(tmp_path), "extra_config": extra}, "proxy": {"kind": "traefik"}})
+    assert hub_config(site).TraefikFileProviderProxy.check_route_timeout == 60
+    with pytest.raises(SiteError, match="did you mean 'check_route_timeout'"):
+        parse_site({"hub": {"extra_config": {"TraefikFileProviderProxy": {"check_route_timout": 60}}}})
