@@ -420,7 +420,6 @@ def configurable_classes() -> dict[str, type]:
     """The classes whose settings hub.extra_config may set: JupyterHub's own and CampusHub's."""
     from jupyterhub.app import JupyterHub
     from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner
-    from jupyterhub_traefik_proxy.fileprovider import TraefikFileProviderProxy
     from oauthenticator.generic import GenericOAuthenticator
     from oauthenticator.github import GitHubOAuthenticator
 
@@ -433,7 +432,6 @@ def configurable_classes() -> dict[str, type]:
     for cls in [
         *JupyterHub().classes, LocalProcessSpawner, SimpleLocalProcessSpawner, LocalSpawner, SlurmSpawner, DockerSpawner,
         GenericOAuthenticator, GitHubOAuthenticator, CampusOIDCAuthenticator, CampusGitHubOAuthenticator,
-        TraefikFileProviderProxy,
     ]:  # fmt: skip
         for parent in cls.mro():
             if hasattr(parent, "class_trait_names"):
