@@ -62,10 +62,7 @@ def cmd_proxy(args) -> int:
     site = site_from(args)
     check_addresses_free(site, hub=False)
     state = StateDir(site.hub.state_dir).ensure()
-    try:
-        argv, env = proxy_command(site, state)
-    except ProxyNotFound as e:
-        raise CommandError(str(e)) from None
+    argv, env = proxy_command(site, state)
     env = dict(os.environ, **env)
     sys.stdout.flush()
     os.execve(argv[0], argv, env)
@@ -217,10 +214,7 @@ def stop_child(proc: subprocess.Popen, name: str, timeout: float) -> None:
 def cmd_up(args) -> int:
     site = site_from(args)
     check_site(site)
-    try:
-        find_proxy(site.proxy.kind)
-    except ProxyNotFound as e:
-        raise CommandError(str(e)) from None
+    find_proxy(site.proxy.kind)
     check_addresses_free(site)
     state = StateDir(site.hub.state_dir).ensure()
     common = ["--config", str(site.source)] if site.source else []
@@ -579,7 +573,7 @@ def run(argv: list[str] | None) -> int:
         return args.func(args)
     except SiteError as e:
         message = "the site file has errors:\n" + "\n".join(f"  {problem}" for problem in e.problems)
-    except CommandError as e:
+    except (CommandError, ProxyNotFound) as e:
         message = str(e)
     try:
         print(f"campushub: {message}", file=sys.stderr)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from traitlets.config import Config
 
+from .proxy import hub_proxy_config
 from .site import Site, SiteError, load_site
 from .state import StateDir
 
@@ -58,8 +59,6 @@ def on_connect_wal(dbapi_connection, _record) -> None:
 
 def apply_proxy(c: Config, site: Site, state: StateDir) -> None:
     # The proxy is its own process (`campushub proxy`), so a hub restart cuts no user's connection.
-    from .proxy import hub_proxy_config
-
     hub_proxy_config(c, site, state)
 
 
