@@ -2,7 +2,7 @@
 
 A server started as a batch job runs on a node the hub did not choose a port on. The job runs
 `campushub-singleuser jupyterhub-singleuser ARGS...`: it picks a free port on the node and starts
-the server there; once the server accepts connections, this extension posts the port to the hub
+the server there (this environment's in its own process, see startup.py; another command is executed); once the server accepts connections, this extension posts the port to the hub
 (`POST /hub/api/batchspawner`, the path batchspawner uses). The hub's first readiness check then
 finds the server up. (batchspawner-singleuser reports the port before the server has even loaded,
 and the hub then probes it on a growing back-off.)
