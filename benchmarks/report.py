@@ -203,9 +203,9 @@ def cpu_lines(res: dict) -> list[str]:
     cores = res["meta"]["cpus"]
     per = {b: median_of(res[b]["sequential"], "cpu") for b in ("campushub", "stock", "floor")}
     lines = [
-        f"- CPU time of one server start, until ready (median): {fmt(per['campushub'])} s in a CampusHub job, "
-        f"{fmt(per['stock'])} s in a stock job (campushub-singleuser, which runs the server in its own process, "
-        "or batchspawner-singleuser, then jupyterhub-singleuser), "
+        f"- CPU time of one server start, until ready (median): {fmt(per['campushub'])} s in a CampusHub job "
+        "(campushub-singleuser, the server in the same process), "
+        f"{fmt(per['stock'])} s in a stock job (batchspawner-singleuser, then jupyterhub-singleuser), "
         f"{fmt(per['floor'])} s for the bare jupyterhub-singleuser. {n} such starts need at least "
         f"{fmt(None if per['campushub'] is None else n * per['campushub'] / cores)} s on {cores} cores "
         "before anything else runs.",
