@@ -210,6 +210,23 @@ def test_the_image_holds_no_build_tools_keys_or_caches(image):
         podman("image", "unmount", image)
 
 
+def test_the_servers_modules_are_compiled_in_the_image(image):
+    # a server would compile them at each start otherwise (it may not write them: any uid, no bytecode writing)
+    mounted = podman("image", "mount", image)
+    assert mounted.returncode == 0, mounted.stderr
+    root = Path(mounted.stdout.strip())
+    try:
+        (site,) = (root / "opt/campushub/singleuser/lib").glob("python3*/site-packages")
+        for module in ("jupyter_server/serverapp.py", "jupyterlab/labapp.py", "jupyterhub/singleuser/mixins.py",
+                       "campushub_lab/startup.py", "tornado/web.py"):  # fmt: skip
+            source = site / module
+            assert source.exists(), module
+            compiled = list((source.parent / "__pycache__").glob(f"{source.stem}.cpython-*.pyc"))
+            assert compiled, f"{module} is not compiled in the image"
+    finally:
+        podman("image", "unmount", image)
+
+
 @pytest.mark.skipif(
     os.environ.get("CAMPUSHUB_TEST_GPU_IMAGE") != "1",
     reason="the GPU image is several GB: CAMPUSHUB_TEST_GPU_IMAGE=1 builds and checks it (or make check-image-gpu)",
