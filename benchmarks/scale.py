@@ -36,6 +36,7 @@ import os
 import platform
 import pwd
 import random
+import re
 import resource
 import shutil
 import subprocess
@@ -314,6 +315,18 @@ def stop(proc: subprocess.Popen | None) -> None:
             proc.wait()
 
 
+STALL = re.compile(r"Event loop was unresponsive for at least ([0-9.]+)s")
+
+
+def hub_log(text: str) -> dict:
+    """The hub log's lines at level E, and the event loop's stalls that JupyterHub warned of (seconds)."""
+    lines = text.splitlines()
+    return {
+        "hub_log_errors": sum(line.startswith("[E ") for line in lines),
+        "stalls": [float(m.group(1)) for line in lines if (m := STALL.search(line))],
+    }
+
+
 def descendants(pid: int) -> list[int]:
     found, todo = [], [pid]
     while todo:
@@ -327,10 +340,10 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def cpu_and_rss(pid: int) -> tuple[float, float]:
-    """CPU seconds and resident MB of a process and its descendants."""
+def cpu_and_rss(pid: int, tree: bool = False) -> tuple[float, float]:
+    """CPU seconds and resident MB of a process (with `tree`, and of its descendants)."""
     cpu, rss = 0.0, 0.0
-    for p in descendants(pid):
+    for p in descendants(pid) if tree else [pid]:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             status = Path(f"/proc/{p}/status").read_text()
@@ -490,10 +503,11 @@ async def bounded(items, worker, concurrency: int) -> list:
 
 
 async def sample_processes(pids: dict[str, int], until: float, out: list[dict]) -> None:
-    """Every second until `until` (monotonic): each process's CPU seconds and RSS, and the machine's busy jiffies."""
+    """Every second until `until` (monotonic): each process's CPU seconds and RSS (the proxy's with its children:
+    `campushub proxy` may run it as one), and the machine's busy jiffies."""
     while True:
         out.append({"t": time.monotonic(), "busy": machine_busy(),
-                    **{name: cpu_and_rss(pid) for name, pid in pids.items()}})  # fmt: skip
+                    **{name: cpu_and_rss(pid, tree=name == "proxy") for name, pid in pids.items()}})  # fmt: skip
         if time.monotonic() >= until:
             return
         await asyncio.sleep(1.0)
@@ -694,10 +708,7 @@ def run(args) -> dict:
             try:
                 hub.start()
                 runs.append(asyncio.run(measure(hub, kind, servers, idp, token.read_text().strip(), users, args)))
-                runs[-1]["hub_log_errors"] = sum(
-                    line.startswith("[E ")
-                    for line in (hub.workdir / "hub.log").read_text(errors="replace").splitlines()
-                )
+                runs[-1].update(hub_log((hub.workdir / "hub.log").read_text(errors="replace")))
             finally:
                 hub.close()
                 stop(servers[0])
@@ -793,6 +804,8 @@ def rows(res: dict) -> list[tuple[str, list[str]]]:
                                     err(r, "load", "token_checks"), err(r, "stops")]))),
         ("**errors, all kinds**", each(lambda r: f"**{errors_of(r)}**")),
         ("hub log lines at level E", each(lambda r: str(r["hub_log_errors"]))),
+        ("hub's event loop stalls it warned of (whole run): n, longest s",
+         each(lambda r: f"{len(r['stalls'])}, {max(r['stalls'], default=0):.2f}")),
     ]  # fmt: skip
 
 

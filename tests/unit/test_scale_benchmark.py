@@ -21,6 +21,7 @@ from benchmarks.scale import (
     histogram,
     histogram_delta,
     histogram_quantile,
+    hub_log,
     main,
     open_loop_schedule,
     poll_offsets,
@@ -109,6 +110,7 @@ def a_run(proxy: str, login_p95: float, proxied_p95: float, errors: dict) -> dic
         "stops": {**part(0.05), "seconds": 8.0},
         "left_running": 0,
         "hub_log_errors": 0,
+        "stalls": [1.2, 0.3],
     }  # fmt: skip
 
 
@@ -125,10 +127,20 @@ def test_the_report_puts_both_proxies_side_by_side_and_says_which_targets_are_me
     assert "| **proxied p50 / p95**, ms | 6.0 / **12.0** | 40.0 / **80.0** |" in block
     assert "| **errors, all kinds** | **0** | **3** |" in block
     assert "| route add (hub's histogram): mean / p50 / p95, ms | 4.0 / 3.0 / 9.0 | 4.0 / 3.0 / 9.0 |" in block
+    assert "| hub's event loop stalls it warned of (whole run): n, longest s | 2, 1.20 | 2, 1.20 |" in block
     chp, traefik = (line for line in block.splitlines() if line.startswith("- "))
     assert chp.count("**met**") == 3
     assert "0 errors (3): **not met**" in traefik and "(1.40 s): **not met**" in traefik
     assert "(80.0 ms): **not met**" in traefik
+
+
+def test_the_hub_log_tells_errors_and_stalls():
+    text = """[I 2026-11-23 20:41:45.900 JupyterHub log:192] 200 GET /hub/home (ada@127.0.0.1) 7.48ms
+[W 2026-11-23 20:41:47.734 JupyterHub metrics:500] Event loop was unresponsive for at least 1.76s!
+[E 2026-11-23 20:41:48.001 JupyterHub base:1] Unhandled error
+[W 2026-11-23 20:42:47.100 JupyterHub metrics:500] Event loop was unresponsive for at least 0.25s!
+"""
+    assert hub_log(text) == {"hub_log_errors": 1, "stalls": [1.76, 0.25]}
 
 
 def test_bad_arguments_are_named(capsys):
