@@ -108,6 +108,11 @@ def cmd_hub(args) -> int:
             f"process {lock_holder(state)} holds {state.path / LOCK_FILE}: a hub, a database upgrade or a "
             "restore runs on this state folder already"
         )
+    from .database import schema_problem
+
+    problem = schema_problem(site, state)
+    if problem:
+        raise CommandError(problem)
     if site.source:
         os.environ["CAMPUSHUB_CONFIG"] = str(site.source)
     else:

@@ -296,13 +296,19 @@ def copy_database(db: Database, dest_stem: Path) -> Path:
 # --- the schema: JupyterHub's migrations -------------------------------------------------------------
 
 
-def jupyterhub_revisions(db: Database) -> tuple[str | None, str]:
-    """(the database's Alembic revision or None, the newest this JupyterHub knows)."""
-    from alembic.runtime.migration import MigrationContext
+def jupyterhub_scripts():
+    """JupyterHub's Alembic migrations, as Alembic's ScriptDirectory."""
     from alembic.script import ScriptDirectory
     from jupyterhub import dbutil
 
-    head = ScriptDirectory(str(Path(dbutil.__file__).with_name("alembic"))).get_current_head()
+    return ScriptDirectory(str(Path(dbutil.__file__).with_name("alembic")))
+
+
+def jupyterhub_revisions(db: Database) -> tuple[str | None, str]:
+    """(the database's Alembic revision or None, the newest this JupyterHub knows)."""
+    from alembic.runtime.migration import MigrationContext
+
+    head = jupyterhub_scripts().get_current_head()
     engine = db.engine()
     try:
         with engine.connect() as connection:
@@ -328,6 +334,36 @@ def migrate(db: Database, revision: str = "head", downgrade: bool = False) -> No
             (command.downgrade if downgrade else command.upgrade)(config, revision)
     finally:
         engine.dispose()
+
+
+def schema_problem(site, state: StateDir) -> str | None:
+    """Why this JupyterHub cannot start on the hub database's schema, or None. JupyterHub's own refusal
+    names `jupyterhub upgrade-db`, which without CampusHub's configuration migrates a new, empty
+    jupyterhub.sqlite in the current folder instead of the hub's database."""
+    import jupyterhub
+    from sqlalchemy.exc import SQLAlchemyError
+
+    db = hub_database(site, state)
+    try:
+        if not db.exists() or not db.table_names():
+            return None  # the hub makes it
+        current, head = jupyterhub_revisions(db)
+    except SQLAlchemyError:
+        return None  # unreachable: JupyterHub says so, as it does at any start
+    if current is None or current == head:
+        return None
+    config = f" --config {site.source}" if site.source else ""
+    if current in {script.revision for script in jupyterhub_scripts().walk_revisions()}:
+        return (
+            f"the hub database ({db.where}) has an older JupyterHub's schema (revision {current}); JupyterHub "
+            f"{jupyterhub.__version__} needs revision {head}: run `campushub db upgrade{config}` (it backs the "
+            "database up first), then start the hub again"
+        )
+    return (
+        f"the hub database ({db.where}) has schema revision {current}, which JupyterHub {jupyterhub.__version__} "
+        f"does not know: a newer JupyterHub made it. Install the CampusHub release that did, or restore the copy "
+        f"that `campushub db upgrade` made before it upgraded ({state.path / BACKUPS})"
+    )
 
 
 def stamp() -> str:

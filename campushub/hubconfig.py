@@ -123,6 +123,8 @@ def secret_files(site: Site) -> dict[str, Path]:
         files["auth.github.client_secret_file"] = site.auth.github.client_secret_file
     if site.hub.db_password_file:
         files["hub.db_password_file"] = site.hub.db_password_file
+    if site.scheduler.enabled and site.scheduler.db_password_file:
+        files["scheduler.db_password_file"] = site.scheduler.db_password_file
     if site.metrics.token_file:
         files["metrics.token_file"] = site.metrics.token_file
     return files

@@ -41,6 +41,23 @@ def moved_keys(data: Any, moved: dict[str, str]) -> Any:
     return data
 
 
+def database_url(value: str | None, password_key: str) -> str | None:
+    if value is None:
+        return value
+    from .database import url_problem  # the rules of database URLs live with the databases
+
+    problem = url_problem(value, password_key)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def password_with_postgresql(value: Path | None, info: ValidationInfo, url_key: str) -> Path | None:
+    if value and not (info.data.get("db_url") or "").startswith("postgresql"):
+        raise ValueError(f"is for a PostgreSQL {url_key} (SQLite needs no password)")
+    return value
+
+
 class Section(Model):
     @field_validator("*", mode="after")
     @classmethod
@@ -111,21 +128,12 @@ class HubSettings(Section):
     @field_validator("db_url")
     @classmethod
     def _a_database_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        from .database import url_problem  # the rules of database URLs live with the databases
-
-        problem = url_problem(value, "hub.db_password_file")
-        if problem:
-            raise ValueError(problem)
-        return value
+        return database_url(value, "hub.db_password_file")
 
     @field_validator("db_password_file")
     @classmethod
     def _password_with_postgresql(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value and not (info.data.get("db_url") or "").startswith("postgresql"):
-            raise ValueError("is for a PostgreSQL hub.db_url (SQLite needs no password)")
-        return value
+        return password_with_postgresql(value, info, "hub.db_url")
 
     extra_config: dict[str, dict[str, Any]] = Field(
         {},
@@ -526,11 +534,23 @@ class SchedulerSettings(Section):
     port: Port = Field(8090, description="Port of the service on 127.0.0.1 (the proxy routes to it).")
     db_url: str | None = Field(
         None,
-        pattern=r"^(sqlite|postgresql)(\+[a-z0-9]+)?://",
         description="The service's database (SQLAlchemy URL). Default: SQLite in the state folder. PostgreSQL: "
         "postgresql+psycopg://campushub@db.campus.edu/scheduler, with the password in db_password_file.",
     )
-    db_password_file: Path | None = Field(None, description="File holding the database password (mode 0600).")
+    db_password_file: Path | None = Field(
+        None, description="File holding the service database's password (mode 0600 or 0640); with a PostgreSQL db_url."
+    )
+
+    @field_validator("db_url")
+    @classmethod
+    def _a_database_url(cls, value: str | None) -> str | None:
+        return database_url(value, "scheduler.db_password_file")
+
+    @field_validator("db_password_file")
+    @classmethod
+    def _password_with_postgresql(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return password_with_postgresql(value, info, "scheduler.db_url")
+
     runs_folder: str = Field(
         "campushub-runs",
         pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",

@@ -42,6 +42,7 @@ from ..profiles import (
     site_profiles,
 )
 from ..site import DockerSettings, UsersSettings
+from .metered import MeteredSpawner
 from .slurm import SpawnError, unix_account
 
 GPU_LABEL = "campushub.gpus"
@@ -153,7 +154,7 @@ def exposes_engine(source: str, url: str) -> bool:
     return bool(socket_path) and (socket_path == source or socket_path.startswith(source.rstrip("/") + "/"))
 
 
-class DockerSpawner(dockerspawner.DockerSpawner):
+class DockerSpawner(MeteredSpawner, dockerspawner.DockerSpawner):
     """A user's server as a container on the host's Docker (or podman) engine."""
 
     settings = Instance(
@@ -397,6 +398,10 @@ class DockerSpawner(dockerspawner.DockerSpawner):
     # --- the spawn --------------------------------------------------------------------------
 
     async def start(self):
+        with self.metered_spawn():
+            return await self.start_container()
+
+    async def start_container(self):
         if self.request is None:
             self.request = self.resolve(self.user_options or {})
         request = self.request
@@ -505,6 +510,8 @@ class DockerSpawner(dockerspawner.DockerSpawner):
             return None
 
     async def stop(self, now=False):
+        if self.pending == "spawn":
+            self._stop_asked = True  # the spawn ends as cancelled, not failed
         if not self.object_id and not await self.get_object():
             self.clear_state()
             return

@@ -44,7 +44,6 @@ from ..profiles import (
     duration_words,
     gpu_words,
     granted_profiles,
-    granting_group,
     group_slurm_account,
     options_form,
     options_from_form,
@@ -54,6 +53,7 @@ from ..profiles import (
 )
 from ..site import ContainerSettings, SlurmSettings, UsersSettings
 from ..slurmenv import command_env
+from .metered import MeteredSpawner
 
 PORT_REPORT_PATH = r"/api/batchspawner"
 
@@ -323,7 +323,7 @@ def classify_squeue(returncode: int, out: str, err: str) -> tuple[JobStatus, str
     return JobStatus.UNKNOWN, err.strip()
 
 
-class SlurmSpawner(batchspawner.SlurmSpawner):
+class SlurmSpawner(MeteredSpawner, batchspawner.SlurmSpawner):
     """A user's server as a Slurm job, submitted as the user's unix account."""
 
     slurm = Instance(
@@ -345,7 +345,6 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     ).tag(config=True)
 
     request = Any(None, help="The validated SpawnRequest of the current spawn.")
-    _stop_asked = False  # a stop came while the spawn was pending: it ends as cancelled
     last_stop = Dict(help="How the last job ended: job_id, state, reason. Kept in the hub database.")
     accepted_options = Dict(help="The user_options of the last spawn that was accepted. Kept in the hub database.")
     fallback_notice = Unicode("", help="Why this spawn uses the default profile instead of the saved options.")
@@ -753,51 +752,16 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             event.set()
 
     async def start(self):
-        began = time.monotonic()
-        self._stop_asked = False
-        try:
-            started = await self.start_job()
-        except BaseException as e:
-            cancelled = self._stop_asked or isinstance(e, asyncio.CancelledError)
-            outcome = "cancelled" if cancelled else "failed"
-            metrics.observe_spawn(self.profile_label(), outcome, time.monotonic() - began)
-            if isinstance(e, SpawnError):
+        with self.metered_spawn():
+            try:
+                started = await self.start_job()
+            except SpawnError as e:
                 # the next spawn form shows it next to the choice that failed
                 self.problem = {"options": dict(self.user_options or {}), "message": e.words, "details": e.details}
-            raise
+                raise
         # the server listens (campushub-singleuser reports its port then): ready for the hub's check
-        metrics.observe_spawn(self.profile_label(), "ready", time.monotonic() - began)
         self.problem = {}  # an earlier failure, never shown, is past
         return started
-
-    def profile_label(self) -> str:
-        """This spawn's profile, for the spawn metric ('none' when the request cannot be told)."""
-        try:
-            return self.job_request.profile
-        except web.HTTPError:
-            return "none"
-
-    def running_request(self):
-        """The running server's SpawnRequest: this spawn's, or for a server started before the hub's restart
-        its last accepted options; None when they no longer resolve."""
-        if self.request is not None:
-            return self.request
-        try:
-            return self.resolve(self.accepted_options)
-        except web.HTTPError:
-            return None
-
-    def metric_labels(self) -> tuple[str, str, int] | None:
-        """What this running server counts as in campushub_running_servers and campushub_gpus_in_use:
-        (profile, the group that grants it, GPUs); None when its request cannot be told."""
-        request = self.running_request()
-        if request is None:
-            return None
-        profile = {p.slug: p for p in self.all_profiles()}.get(request.profile)
-        if profile is None:
-            return None
-        groups = {g.name: dict(g.properties or {}) for g in self.user.groups}
-        return request.profile, granting_group(profile, admin=bool(self.user.admin), groups=groups), request.gpus
 
     async def start_job(self):
         self.unix_account()

@@ -30,6 +30,7 @@ CRASHING = "localhost/campushub-test-crashing:1"
 NOT_ALLOWED = "localhost/campushub-test-not-allowed:1"
 VOLUME = "campushub-test-home-{username}"
 USERS = ["dk-alice", "dk-bob", "dk-carol", "dk-dave", "dk-erin", "dk-grace"]
+ADMIN = "dk-ops"
 BIND_USER = "chub-frank"  # a unix account of tests/integration/conftest.py
 
 
@@ -88,6 +89,7 @@ def home_of(engine, image: str) -> str:
 
 def docker_site(engine, image) -> dict:
     return {
+        "auth": {"admin_users": [ADMIN]},
         "scheduler": {"enabled": False},
         "culling": {"enabled": False},
         "spawner": {
@@ -333,6 +335,18 @@ def test_the_hub_restarts_and_keeps_the_containers_and_the_gpu_allocation(hub, e
     hub.stop_server("dk-bob", tokens["dk-bob"])
     hub.spawn_and_wait(user, token, user_options={"profile": "gpu"})
     assert [d["PathOnHost"] for d in inspect(engine, user)["HostConfig"]["Devices"]] == bobs
+
+
+def test_the_metrics_count_containers_by_profile_and_spawns_by_outcome(hub, tokens):
+    # after the restart above: carol's GPU spawn failed (no free GPU), then ran; alice's and carol's servers run
+    admin = hub.token(ADMIN, hub.admin_password)
+    r = requests.get(f"{hub.url}/hub/metrics", headers={"Authorization": f"token {admin}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    lines = set(r.text.splitlines())
+    assert 'campushub_running_servers{group="everyone",profile="gpu"} 2.0' in lines
+    assert 'campushub_gpus_in_use{group="everyone",profile="gpu"} 2.0' in lines
+    assert 'campushub_spawn_duration_seconds_count{outcome="ready",profile="gpu"} 1.0' in lines
+    assert 'campushub_spawn_duration_seconds_count{outcome="failed",profile="gpu"} 1.0' in lines
 
 
 def test_the_engine_out_of_reach_fails_the_spawn_with_a_message(hub, engine, tokens):

@@ -61,7 +61,8 @@ def example(tmp_path) -> Path:
     logo = tmp_path / "logo.svg"
     logo.write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
     text = EXAMPLE.read_text().replace("/etc/campushub/oidc-client-secret", str(secret))
-    text = text.replace("/etc/campushub/hub-db-password", str(secret))
+    for password in ("/etc/campushub/hub-db-password", "/etc/campushub/scheduler-db-password"):
+        text = text.replace(password, str(secret))
     text = text.replace("/etc/campushub/prometheus-token", str(token))
     f.write_text(text.replace("/etc/campushub/logo.svg", str(logo)))
     return f

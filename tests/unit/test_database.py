@@ -10,9 +10,18 @@ import tarfile
 import pytest
 
 from campushub.cli import main
-from campushub.database import DatabaseError, backup, hub_database, read_archive, restore, take_hub_lock
+from campushub.database import (
+    DatabaseError,
+    backup,
+    hub_database,
+    jupyterhub_scripts,
+    read_archive,
+    restore,
+    schema_problem,
+    take_hub_lock,
+)
 from campushub.hubconfig import check_site, hub_config
-from campushub.site import SiteError, parse_site
+from campushub.site import SiteError, load_site, parse_site
 from campushub.state import StateDir
 
 
@@ -51,35 +60,41 @@ def test_postgresql_gets_psycopg_and_the_password_only_in_memory(tmp_path):
     assert "password" not in elsewhere
 
 
+@pytest.mark.parametrize("section", ["hub", "scheduler"])
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
-        ("postgresql://campushub:pw@db/jupyterhub", "hub.db_url: holds a password: take it out of the URL and put it in "
-         "a file named by hub.db_password_file"),
-        ("mysql://hub@db/jupyterhub", "hub.db_url: mysql databases are not supported"),
-        ("postgresql+psycopg2://hub@db/jupyterhub", "hub.db_url: postgresql+psycopg2 databases are not supported"),
-        ("postgresql://campushub@db", "hub.db_url: a PostgreSQL URL names a host and a database"),
-        ("db.campus.edu/jupyterhub", "hub.db_url: 'db.campus.edu/jupyterhub' is not a database URL"),
+        ("postgresql://campushub:pw@db/jupyterhub", "{s}.db_url: holds a password: take it out of the URL and put it in "
+         "a file named by {s}.db_password_file"),
+        ("mysql://hub@db/jupyterhub", "{s}.db_url: mysql databases are not supported"),
+        ("postgresql+psycopg2://hub@db/jupyterhub", "{s}.db_url: postgresql+psycopg2 databases are not supported"),
+        ("postgresql://campushub@db", "{s}.db_url: a PostgreSQL URL names a host and a database"),
+        ("db.campus.edu/jupyterhub", "{s}.db_url: 'db.campus.edu/jupyterhub' is not a database URL"),
     ],
 )  # fmt: skip
-def test_a_bad_database_url_is_refused_with_its_key(url, problem):
-    (found,) = problems({"hub": {"db_url": url}})
-    assert found.startswith(problem), found
+def test_a_bad_database_url_is_refused_with_its_key(section, url, problem):
+    (found,) = problems({section: {"db_url": url}})
+    assert found.startswith(problem.format(s=section)), found
 
 
-def test_a_password_file_needs_a_postgresql_url():
-    (found,) = problems({"hub": {"db_password_file": "/etc/campushub/pw"}})
-    assert found == "hub.db_password_file: is for a PostgreSQL hub.db_url (SQLite needs no password)"
+@pytest.mark.parametrize("section", ["hub", "scheduler"])
+def test_a_password_file_needs_a_postgresql_url(section):
+    (found,) = problems({section: {"db_password_file": "/etc/campushub/pw"}})
+    assert found == f"{section}.db_password_file: is for a PostgreSQL {section}.db_url (SQLite needs no password)"
 
 
-def test_a_password_file_readable_by_all_is_refused(tmp_path):
+@pytest.mark.parametrize("section", ["hub", "scheduler"])
+def test_a_password_file_readable_by_all_is_refused(tmp_path, section):
     secret = tmp_path / "db-password"
     secret.write_text("pw\n")
     secret.chmod(0o644)
     site = parse_site(
-        {"hub": {"state_dir": str(tmp_path), "db_url": "postgresql://h@db/j", "db_password_file": str(secret)}}
+        {
+            "hub": {"state_dir": str(tmp_path)},
+            section: {"db_url": "postgresql://h@db/j", "db_password_file": str(secret)},
+        }
     )
-    with pytest.raises(SiteError, match=r"hub.db_password_file: .* is readable by every user: chmod 600 it"):
+    with pytest.raises(SiteError, match=rf"{section}.db_password_file: .* is readable by every user: chmod 600 it"):
         check_site(site)
 
 
@@ -201,3 +216,36 @@ def test_an_archive_reaching_outside_the_state_folder_is_refused_and_nothing_sta
         restore(site, StateDir(site.hub.state_dir), archive, say=lambda _: None)
     assert not (tmp_path / "outside").exists()
     assert [p.name for p in (tmp_path / "restored").iterdir()] == ["hub.lock"]
+
+
+@pytest.mark.parametrize(
+    "revision, said",
+    [
+        (None, None),  # no database yet: the hub makes it
+        ("head", None),
+        ("4621fec11365", "has an older JupyterHub's schema (revision 4621fec11365); JupyterHub "),
+        ("0123456789ab", "has schema revision 0123456789ab, which JupyterHub "),
+    ],
+)
+def test_the_hub_refuses_a_schema_not_its_own_naming_campushub_db_upgrade(tmp_path, revision, said):
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(json.dumps({"hub": {"state_dir": str(tmp_path / "state")}}))
+    site = load_site(site_file)
+    state = StateDir(site.hub.state_dir).ensure()
+    if revision:
+        db = sqlite3.connect(state.path / "jupyterhub.sqlite")
+        head = jupyterhub_scripts().get_current_head()
+        db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        db.execute("INSERT INTO alembic_version VALUES (?)", (head if revision == "head" else revision,))
+        db.commit()
+        db.close()
+    problem = schema_problem(site, state)
+    if said is None:
+        assert problem is None
+        return
+    assert problem.startswith(f"the hub database ({state.path / 'jupyterhub.sqlite'}) {said}")
+    if revision == "4621fec11365":
+        assert problem.endswith(f"run `campushub db upgrade --config {site_file}` (it backs the database up first), "
+                                "then start the hub again")  # fmt: skip
+    else:
+        assert "a newer JupyterHub made it" in problem and str(state.path / "backups") in problem

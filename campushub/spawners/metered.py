@@ -1,0 +1,64 @@
+"""What CampusHub's metrics (campushub.metrics) read from a spawner with profiles: the Slurm and Docker ones.
+
+Such a spawner resolves user_options into a request with a profile slug and a GPU count (`request`,
+`resolve(options)`, `accepted_options`, `all_profiles()`), and marks `_stop_asked` when a stop comes while its
+spawn is pending."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import contextmanager
+
+from tornado import web
+
+from .. import metrics
+from ..profiles import granting_group
+
+
+class MeteredSpawner:
+    _stop_asked = False  # a stop came while the spawn was pending: it ends as cancelled
+
+    @contextmanager
+    def metered_spawn(self):
+        """Around a spawn: its duration by profile and outcome (ready, failed, cancelled)."""
+        began = time.monotonic()
+        self._stop_asked = False
+        try:
+            yield
+        except BaseException as e:
+            cancelled = self._stop_asked or isinstance(e, asyncio.CancelledError)
+            metrics.observe_spawn(
+                self.profile_label(), "cancelled" if cancelled else "failed", time.monotonic() - began
+            )
+            raise
+        metrics.observe_spawn(self.profile_label(), "ready", time.monotonic() - began)
+
+    def profile_label(self) -> str:
+        """This spawn's profile, for the spawn metric ('none' when the request cannot be told)."""
+        try:
+            return (self.request or self.resolve({})).profile
+        except web.HTTPError:
+            return "none"
+
+    def running_request(self):
+        """The running server's request: this spawn's, or for a server started before the hub's restart its
+        last accepted options; None when they no longer resolve."""
+        if self.request is not None:
+            return self.request
+        try:
+            return self.resolve(self.accepted_options)
+        except web.HTTPError:
+            return None
+
+    def metric_labels(self) -> tuple[str, str, int] | None:
+        """What this running server counts as in campushub_running_servers and campushub_gpus_in_use:
+        (profile, the group that grants it, GPUs); None when its request cannot be told."""
+        request = self.running_request()
+        if request is None:
+            return None
+        profile = {p.slug: p for p in self.all_profiles()}.get(request.profile)
+        if profile is None:
+            return None
+        groups = {g.name: dict(g.properties or {}) for g in self.user.groups}
+        return request.profile, granting_group(profile, admin=bool(self.user.admin), groups=groups), request.gpus
