@@ -7,7 +7,6 @@ import errno
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,10 +18,10 @@ from pathlib import Path
 
 from . import __version__
 from .hubconfig import check_site, hub_config, listen_url, public_url
+from .proxy import ProxyNotFound, connectable, find_proxy, proxy_command
 from .site import Site, SiteError, load_site, site_schema
 from .state import StateDir
 
-PROXY_COMMAND = "configurable-http-proxy"
 # Seconds the users' address may take to answer at all, once the hub answers
 PROXY_WAIT = 15
 # Seconds the hub's services may take to start, once the hub answers
@@ -35,23 +34,6 @@ class CommandError(Exception):
 
 def site_from(args) -> Site:
     return load_site(args.config or os.environ.get("CAMPUSHUB_CONFIG") or None)
-
-
-def connectable(ip: str) -> str:
-    """An address to connect to for a listening address (a wildcard means this host)."""
-    return "127.0.0.1" if ip in ("0.0.0.0", "::", "") else ip
-
-
-def find_proxy() -> str:
-    # The venv's bin/ first: the Makefile installs the proxy there, and it may not be on PATH.
-    here = Path(sys.executable).parent / PROXY_COMMAND
-    found = str(here) if here.exists() else shutil.which(PROXY_COMMAND)
-    if not found:
-        raise CommandError(
-            f"{PROXY_COMMAND} not found: install it with `npm install -g configurable-http-proxy` "
-            "(or `make install`, which puts it in the virtualenv)"
-        )
-    return found
 
 
 # --- config ---------------------------------------------------------------------------------
@@ -80,17 +62,8 @@ def cmd_proxy(args) -> int:
     site = site_from(args)
     check_addresses_free(site, hub=False)
     state = StateDir(site.hub.state_dir).ensure()
-    hub_url = f"http://{connectable(site.hub.hub_ip)}:{site.hub.hub_port}"
-    argv = [
-        find_proxy(),
-        "--ip", site.hub.ip,
-        "--port", str(site.hub.port),
-        "--api-ip", "127.0.0.1",
-        "--api-port", str(site.proxy.api_port),
-        "--default-target", hub_url,
-        "--error-target", f"{hub_url}{site.hub.base_url}hub/error",
-    ]  # fmt: skip
-    env = dict(os.environ, CONFIGPROXY_AUTH_TOKEN=state.proxy_auth_token())
+    argv, env = proxy_command(site, state)
+    env = dict(os.environ, **env)
     sys.stdout.flush()
     os.execve(argv[0], argv, env)
 
@@ -246,7 +219,7 @@ def stop_child(proc: subprocess.Popen, name: str, timeout: float) -> None:
 def cmd_up(args) -> int:
     site = site_from(args)
     check_site(site)
-    find_proxy()
+    find_proxy(site.proxy.kind)
     check_addresses_free(site)
     state = StateDir(site.hub.state_dir).ensure()
     common = ["--config", str(site.source)] if site.source else []
@@ -518,9 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     proxy = commands.add_parser(
         "proxy",
-        help="run the proxy alone (configurable-http-proxy)",
-        description="Run configurable-http-proxy on the site's public address, with the hub as default "
-        "target and the shared token from the state folder.",
+        help="run the proxy alone (configurable-http-proxy or traefik: proxy.kind)",
+        description="Run the site's proxy (proxy.kind: configurable-http-proxy, or traefik with its files in "
+        "<state_dir>/traefik/) on the site's public address, with the hub as default target, its API on "
+        "127.0.0.1:proxy.api_port and its secret from the state folder.",
     )
     site_option(proxy)
     proxy.set_defaults(func=cmd_proxy)
@@ -604,7 +578,7 @@ def run(argv: list[str] | None) -> int:
         return args.func(args)
     except SiteError as e:
         message = "the site file has errors:\n" + "\n".join(f"  {problem}" for problem in e.problems)
-    except CommandError as e:
+    except (CommandError, ProxyNotFound) as e:
         message = str(e)
     try:
         print(f"campushub: {message}", file=sys.stderr)

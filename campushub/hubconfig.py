@@ -15,6 +15,7 @@ from pathlib import Path
 
 from traitlets.config import Config
 
+from .proxy import hub_proxy_config
 from .site import Site, SiteError, load_site
 from .state import StateDir
 
@@ -58,9 +59,7 @@ def on_connect_wal(dbapi_connection, _record) -> None:
 
 def apply_proxy(c: Config, site: Site, state: StateDir) -> None:
     # The proxy is its own process (`campushub proxy`), so a hub restart cuts no user's connection.
-    c.ConfigurableHTTPProxy.should_start = False
-    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{site.proxy.api_port}"
-    c.ConfigurableHTTPProxy.auth_token = state.proxy_auth_token()
+    hub_proxy_config(c, site, state)
 
 
 HUB_TEMPLATES = Path(__file__).with_name("templates")

@@ -155,7 +155,17 @@ class HubSettings(Section):
 
 
 class ProxySettings(Section):
-    api_port: Port = Field(8001, description="Port of the proxy's REST API on 127.0.0.1 (the hub talks to it).")
+    kind: Literal["chp", "traefik"] = Field(
+        "chp",
+        description="Which proxy `campushub proxy` runs. 'chp': configurable-http-proxy (Node.js), which keeps "
+        "routes in memory. 'traefik': traefik (installed with CampusHub), which keeps routes in a file of the "
+        "state folder (traefik/). Both outlive a hub restart with every route (docs/proxy.md).",
+    )
+    api_port: Port = Field(
+        8001,
+        description="Port of the proxy's API on 127.0.0.1 (the hub talks to it; traefik's asks for a login "
+        "generated into the state folder).",
+    )
 
 
 class OIDCSettings(Section):

@@ -14,6 +14,7 @@ class StateDir:
     SECRETS = (
         "jupyterhub_cookie_secret",
         "proxy_auth_token",
+        "traefik_api_password",
         "crypt_key",
         "demo_password",
         "demo_admin_password",
