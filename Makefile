@@ -205,7 +205,7 @@ bench-courses: test-system-packages install
 bench-docker: test-system-packages install
 	$(VENV)/bin/python -m benchmarks.docker $(BENCH_ARGS)
 
-# Scale benchmark (as root, about 5 minutes a proxy): 1,000 users, 300 with a running server (the benchmark's own
+# Scale benchmark (as root, about 3 minutes a proxy): 1,000 users, 300 with a running server (the benchmark's own
 # minimal servers, one process), through the real hub, proxy and campus login, with logins at 10/s, activity and
 # browsers polling for a minute; chp and traefik side by side (targets: 0 errors, login p95 1 s, proxied p95 50 ms).
 # BENCH_ARGS="--write docs/benchmarks.md" refreshes its section of the results page;
