@@ -111,13 +111,22 @@ def floor_env_from(cluster: SlurmCluster, job_id: str, user: str, singleuser_env
     raise BenchError(f"no server process with a hub environment in job {job_id}")
 
 
-def floor_once(env: dict, user: str, singleuser_env: Path, token: str, log_file: Path, timeout: float = 60) -> dict:
-    """Start jupyterhub-singleuser as the user on a free port; time until its HTTP port answers."""
+# the floor's two ways to start the server: as it is, and as CampusHub's jobs start it (without the port report)
+FLOOR_COMMANDS = {
+    "floor": ["bin/jupyterhub-singleuser"],
+    "floor-startup": ["bin/python", "-m", "campushub_lab.startup"],
+}
+
+
+def floor_once(
+    env: dict, user: str, singleuser_env: Path, token: str, log_file: Path, timeout: float = 60, way: str = "floor"
+) -> dict:
+    """Start the server as the user on a free port (FLOOR_COMMANDS[way]); time until its HTTP port answers."""
     port = free_port()
     prefix = env["JUPYTERHUB_SERVICE_PREFIX"]
     run_env = dict(env, JUPYTERHUB_SERVICE_URL=f"http://127.0.0.1:{port}{prefix}", JUPYTERHUB_API_TOKEN=token)
     argv = ["runuser", "-u", user, "--", "env", "-i", *(f"{k}={v}" for k, v in run_env.items()),
-            f"{singleuser_env}/bin/jupyterhub-singleuser"]  # fmt: skip
+            f"{singleuser_env}/{FLOOR_COMMANDS[way][0]}", *FLOOR_COMMANDS[way][1:]]  # fmt: skip
     url = f"http://127.0.0.1:{port}{prefix}"
     start_wall, t0 = time.time(), time.monotonic()
     out = open(log_file, "w")
@@ -137,7 +146,7 @@ def floor_once(env: dict, user: str, singleuser_env: Path, token: str, log_file:
                 raise BenchError(f"jupyterhub-singleuser did not answer within {timeout} s")
             time.sleep(0.02)
         seconds = time.monotonic() - t0
-        # runuser -> (env execs) jupyterhub-singleuser: the server's CPU time until it answered
+        # runuser -> (env execs) the server: the server's CPU time until it answered
         cpu = sum(cpu_seconds(c) for c in child_pids(proc.pid))
     finally:
         try:

@@ -24,6 +24,7 @@ LABELS = {
     "campushub": "CampusHub (campushub.spawners.slurm)",
     "stock": "stock batchspawner 1.3.0 (SlurmSpawner)",
     "floor": "floor: bare jupyterhub-singleuser, no Slurm",
+    "floor-startup": "bare server as CampusHub starts it (campushub_lab.startup), no Slurm",
 }
 RESULTS_START = "<!-- results:start (written by benchmarks/spawn.py --write; do not edit by hand) -->"
 RESULTS_END = "<!-- results:end -->"
@@ -48,7 +49,9 @@ def results_table(res: dict) -> str:
         ("campushub", "concurrent", f"{LABELS['campushub']}, {res['meta']['users']} users at once"),
         ("stock", "concurrent", f"{LABELS['stock']}, {res['meta']['users']} users at once"),
         ("floor", "sequential", LABELS["floor"]),
+        ("floor-startup", "sequential", LABELS["floor-startup"]),
     ]
+    rows = [r for r in rows if r[0] in res]  # a run saved before the second floor lacks it
     out = ["| spawn to ready, seconds | runs | p50 | p95 | min | max |", "|---|---:|---:|---:|---:|---:|"]
     for backend, mode, label in rows:
         s = summary(res[backend][mode])
@@ -124,7 +127,75 @@ def verdicts(res: dict) -> list[str]:
             f"p50 {pct(ch, 50):.2f} s vs floor {pct(fl, 50):.2f} s, {ratio:.2f}x (95% bootstrap interval "
             f"{lo:.2f}x to {hi:.2f}x; 1.5x would be {1.5 * pct(fl, 50):.2f} s). Stock batchspawner: {stock}."
         )
-    return lines
+    return lines + startup_verdicts(res)
+
+
+def startup_verdicts(res: dict) -> list[str]:
+    ch, fl = ready_seconds(res["campushub"]["sequential"]), ready_seconds(res["floor"]["sequential"])
+    fs = ready_seconds(res.get("floor-startup", {}).get("sequential", []))
+    if not (ch and fl and fs):
+        return []
+    lo, hi = bootstrap(ch, fl, lambda x, y: x - y)
+    slo, shi = bootstrap(fs, fl, lambda x, y: x - y)
+    met = pct(ch, 50) <= pct(fl, 50)
+    return [
+        f"- CampusHub's one-user spawn to ready at most the bare start of the unchanged server: "
+        f"**{'met' if met else 'not met'}**: p50 {pct(ch, 50):.2f} s vs {pct(fl, 50):.2f} s, p95 {pct(ch, 95):.2f} s "
+        f"vs {pct(fl, 95):.2f} s; the p50 difference, {pct(ch, 50) - pct(fl, 50):+.2f} s, has a 95% bootstrap "
+        f"interval of {lo:+.2f} to {hi:+.2f} s.",
+        f"- The bare start as CampusHub starts it: p50 {pct(fs, 50):.2f} s vs {pct(fl, 50):.2f} s unchanged "
+        f"({pct(fs, 50) - pct(fl, 50):+.2f} s, 95% bootstrap interval {slo:+.2f} to {shi:+.2f} s); CPU time until "
+        f"it answered (median) {fmt(median_of(res['floor-startup']['sequential'], 'cpu'))} s vs "
+        f"{fmt(median_of(res['floor']['sequential'], 'cpu'))} s.",
+    ]
+
+
+STARTUP_START = "<!-- startup-results:start (written by benchmarks/spawn.py --startup --write; do not edit by hand) -->"
+STARTUP_END = "<!-- startup-results:end -->"
+STARTUP_SECTION = (
+    STARTUP_START,
+    STARTUP_END,
+    "\n## The server's start: unchanged, and as CampusHub starts it\n\n`make bench BENCH_ARGS=--startup`.\n\n",
+)
+
+
+def startup_block(res: dict) -> str:
+    """The --startup run's results: CampusHub's one-user spawn and the two bare starts, taking turns."""
+    m = res["meta"]
+    out = [
+        "| seconds | runs | p50 | p95 | min | max | CPU until ready (median) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for backend, label in [
+        ("campushub", f"{LABELS['campushub']}: spawn to ready (1 user)"),
+        ("floor", "bare jupyterhub-singleuser, unchanged: start to answer"),
+        ("floor-startup", "bare server as CampusHub starts it: start to answer"),
+    ]:
+        x = summary(res[backend]["sequential"])
+        cpu = fmt(median_of(res[backend]["sequential"], "cpu"))
+        runs = f"{x['n']}" + (f" ({x['failed']} failed)" if x["failed"] else "")
+        if not x["n"]:
+            out.append(f"| {label} | {runs} | – | – | – | – | – |")
+            continue
+        out.append(
+            f"| {label} | {runs} | {fmt(x['p50'])} | {fmt(x['p95'])} | {fmt(x['min'])} | {fmt(x['max'])} | {cpu} |"
+        )
+    return "\n".join(
+        [
+            STARTUP_START,
+            "",
+            f"Run of {m['date']} on `{m['host']}`: {m['cpus']} CPU cores, {m['os']}; Slurm {m['slurm']}, JupyterHub "
+            f"{m['jupyterhub']}. {m['runs']} runs of each, taking turns in a rotating order after one warm-up each. "
+            f"Load average before / after the run: {m['load_before']} / {m['load_after']}. The run took "
+            f"{m['duration_s'] / 60:.1f} minutes.",
+            "",
+            *out,
+            "",
+            *startup_verdicts(res),
+            "",
+            STARTUP_END,
+        ]
+    )
 
 
 def cpu_lines(res: dict) -> list[str]:
@@ -132,9 +203,9 @@ def cpu_lines(res: dict) -> list[str]:
     cores = res["meta"]["cpus"]
     per = {b: median_of(res[b]["sequential"], "cpu") for b in ("campushub", "stock", "floor")}
     lines = [
-        f"- CPU time of one server start, until ready (median): {fmt(per['campushub'])} s in a CampusHub job, "
-        f"{fmt(per['stock'])} s in a stock job (campushub-singleuser or batchspawner-singleuser, then "
-        "jupyterhub-singleuser), "
+        f"- CPU time of one server start, until ready (median): {fmt(per['campushub'])} s in a CampusHub job "
+        "(campushub-singleuser, the server in the same process), "
+        f"{fmt(per['stock'])} s in a stock job (batchspawner-singleuser, then jupyterhub-singleuser), "
         f"{fmt(per['floor'])} s for the bare jupyterhub-singleuser. {n} such starts need at least "
         f"{fmt(None if per['campushub'] is None else n * per['campushub'] / cores)} s on {cores} cores "
         "before anything else runs.",

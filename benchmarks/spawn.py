@@ -49,6 +49,9 @@ from .stats import pct
 from .stock import CHP, StockHub
 
 USER_PREFIX = "chb-bench-"
+# what the sequential runs take turns between; --startup: only CampusHub's spawn and the two floors
+BACKENDS = ("campushub", "stock", "floor", "floor-startup")
+STARTUP_BACKENDS = ("campushub", "floor", "floor-startup")
 
 
 def log(msg: str) -> None:
@@ -70,7 +73,7 @@ class Bench:
         self.cluster: SlurmCluster | None = None
         self.hubs: dict[str, RunningHub] = {}
         self.tokens: dict[str, dict[str, str]] = {}
-        self.res: dict = {b: {"sequential": [], "concurrent": []} for b in ("campushub", "stock", "floor")}
+        self.res: dict = {b: {"sequential": [], "concurrent": []} for b in BACKENDS}
         self.floor_env: dict | None = None
         self.floor_token: str | None = None
         self.created_users: list[str] = []
@@ -88,7 +91,9 @@ class Bench:
         for tool in ("slurmctld", "slurmd", "sudo", "runuser"):
             if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
                 raise BenchError(f"{tool} is not installed (make test-system-packages)")
-        for tool in ("jupyterhub-singleuser", "campushub-singleuser", "batchspawner-singleuser"):
+        for tool in ("jupyterhub-singleuser", "campushub-singleuser", "batchspawner-singleuser")[
+            : 2 if self.args.startup else 3
+        ]:
             if not (self.env / "bin" / tool).exists():
                 raise BenchError(f"{self.env}/bin/{tool} is missing (make bench installs it)")
         if not CHP.exists():
@@ -110,8 +115,9 @@ class Bench:
         # users log in through the campus identity provider: the demo's shared password never drives Slurm
         site = {"auth": campus_login(), "spawner": {"backend": "slurm", "slurm": slurm}}
         self.hubs["campushub"] = RunningHub(self.root / "campushub", site).start()
-        log("starting stock JupyterHub + batchspawner (its own proxy)")
-        self.hubs["stock"] = StockHub(self.root / "stock", self.env).start()
+        if not self.args.startup:
+            log("starting stock JupyterHub + batchspawner (its own proxy)")
+            self.hubs["stock"] = StockHub(self.root / "stock", self.env).start()
         log(f"logging {n} users in on both hubs")
         for backend, hub in self.hubs.items():
             self.tokens[backend] = {u: hub.token(u) for u in self.users}
@@ -130,24 +136,25 @@ class Bench:
                 self.floor_env = floor_env_from(self.cluster, job, user, self.env)
             stop_server(hub, self.cluster, user, token)
         self.floor_token = self.tokens["campushub"][user]
-        s = floor_once(self.floor_env, user, self.env, self.floor_token, self.root / "floor-0.log")
-        log(f"warm-up floor: {s['seconds']:.2f} s")
+        for way in ("floor", "floor-startup"):
+            s = floor_once(self.floor_env, user, self.env, self.floor_token, self.root / f"{way}-0.log", way=way)
+            log(f"warm-up {way}: {s['seconds']:.2f} s")
 
     def sequential(self) -> None:
         user = self.users[0]
-        orders = list(itertools.permutations(("campushub", "stock", "floor")))
+        orders = list(itertools.permutations(STARTUP_BACKENDS if self.args.startup else BACKENDS))
         for i in range(self.args.runs):
             for backend in orders[i % len(orders)]:
                 self.check_time(f"sequential run {i + 1}")
-                if backend == "floor":
+                if backend.startswith("floor"):
                     try:
-                        s = floor_once(
-                            self.floor_env, user, self.env, self.floor_token, self.root / f"floor-{i + 1}.log"
-                        )
+                        s = floor_once(self.floor_env, user, self.env, self.floor_token,
+                                       self.root / f"{backend}-{i + 1}.log", way=backend)  # fmt: skip
                     except BenchError as e:
                         s = {"error": str(e)}
-                    self.res["floor"]["sequential"].append(s)
-                    log(f"sequential {i + 1}/{self.args.runs} floor: {fmt(s.get('seconds'))} s")
+                    self.res[backend]["sequential"].append(s)
+                    log(f"sequential {i + 1}/{self.args.runs} {backend}: {fmt(s.get('seconds'))} s"
+                        f" (CPU {fmt(s.get('cpu'))} s)")  # fmt: skip
                     continue
                 hub, token = self.hubs[backend], self.tokens[backend][user]
                 try:
@@ -261,6 +268,7 @@ class Bench:
             log(f"kept {self.root}")
 
     def meta(self, started: float) -> dict:
+        """The run's facts for the report (the stock peer's version only where it ran)."""
         import batchspawner
         import jupyterhub
 
@@ -283,6 +291,7 @@ class Bench:
             "slurm": self.slurm_version,
             "jupyterhub": jupyterhub.__version__,
             "batchspawner": batchspawner.__version__,
+            "startup_only": bool(self.args.startup),
             "campushub_poll_interval": self.args.campushub_poll_interval or 1.0,
             "users": len(self.users),
             "runs": self.args.runs,
@@ -308,17 +317,23 @@ def main(argv=None) -> int:
     p.add_argument("--singleuser-env", default=os.environ.get("CAMPUSHUB_TEST_SINGLEUSER_ENV", "/opt/campushub/test-singleuser"),
                    help="the single-user environment the jobs run (default: $CAMPUSHUB_TEST_SINGLEUSER_ENV "
                    "or /opt/campushub/test-singleuser)")  # fmt: skip
+    p.add_argument("--startup", action="store_true",
+                   help="only the server's start, in a few minutes: CampusHub's one-user spawn, the bare "
+                   "jupyterhub-singleuser as it is and as CampusHub starts it, taking turns (no stock hub, no "
+                   "concurrent rounds); --write puts it in the page's startup section")  # fmt: skip
     p.add_argument("--write", metavar="MD", help="write the results into this page (e.g. docs/benchmarks.md)")
     p.add_argument("--json", metavar="FILE", help="also save every sample as JSON")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs) for inspection")
     p.add_argument("--from-json", metavar="FILE", help="measure nothing: print (and --write) a run saved with --json")
     args = p.parse_args(argv)
-    problem = results.page_problem(Path(args.write)) if args.write else None
+    problem = results.page_problem(Path(args.write)) if args.write and not args.startup else None
     if problem:
         print(problem, file=sys.stderr)
         return 2
     if args.from_json:
         return report(json.loads(Path(args.from_json).read_text()), args)
+    if args.startup:
+        args.users = 1  # one user's spawns: no concurrent rounds
     if os.geteuid() != 0:
         print("the benchmark must run as root: it starts Slurm daemons and creates unix users", file=sys.stderr)
         return 2
@@ -339,7 +354,8 @@ def run(args) -> int:
         bench.setup()
         bench.warm_up()
         bench.sequential()
-        bench.concurrent()
+        if not args.startup:
+            bench.concurrent()
     except BaseException as e:
         log(f"benchmark failed: {type(e).__name__}: {e}")
         for name, hub in bench.hubs.items():
@@ -357,6 +373,9 @@ def run(args) -> int:
 
 
 def report(res: dict, args) -> int:
+    if res["meta"].get("startup_only"):
+        results.publish(res, results.startup_block(res), args, results.STARTUP_SECTION, log)
+        return 0
     print(results.console(res))
     if args.write:
         results.write_doc(Path(args.write), res)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from tests.cluster.hub import RunningHub
+from tests.cluster.hub import HubClient, RunningHub
 from tests.cluster.slurm import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +67,7 @@ class StockHub(RunningHub):
         self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.port, self.hub_port, self.api_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        HubClient.__init__(self, self.url, {})  # the client side, with no site: password logins
         self._password = secrets.token_urlsafe(12)
         self.config = self.workdir / "jupyterhub_config.py"
         self.config.write_text(STOCK_CONFIG.format(

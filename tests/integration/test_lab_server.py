@@ -3,7 +3,9 @@ a real CampusHub, calling the real scheduler service through the hub's proxy wit
 
 from __future__ import annotations
 
+import json
 import pwd
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -87,3 +89,42 @@ def test_the_lab_server_in_a_slurm_job(hub, slurm):
     assert copy.stat().st_uid == pwd.getpwnam(ALICE).pw_uid
     nb = nbformat.read(copy, as_version=4)
     assert any("size = 64" in c.source for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+
+
+def test_the_server_as_campushub_starts_it_shows_every_extension(hub, slurm):
+    """campushub-singleuser runs the server in its own process with slow imports deferred
+    (campushub_lab.startup): every server extension enabled in the environment is loaded and answers."""
+    user = "chub-bob"
+    token = hub.token(user)
+    hub.spawn_and_wait(user, token)
+    try:
+        pid = slurm.server_pid(slurm.job_of(user)["id"])
+        assert "campushub-singleuser" in Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+
+        # JupyterLab, with the CampusHub front-end among its prebuilt extensions
+        r = hub.user_get(user, "lab", token)
+        assert r.status_code == 200, r.text
+        page = json.loads(re.search(r'<script id="jupyter-config-data"[^>]*>(.*?)</script>', r.text, re.S).group(1))
+        assert "campushub-lab" in [e["name"] for e in page["federated_extensions"]]
+        r = hub.user_get(user, "lab/api/settings", token)
+        assert r.status_code == 200 and any(s["id"].startswith("campushub-lab:") for s in r.json()["settings"])
+        # jupyter_server_terminals: a terminal opens and is listed
+        r = hub.user_request("POST", user, "api/terminals", token)
+        assert r.status_code == 200, r.text
+        name = r.json()["name"]
+        assert name in [t["name"] for t in hub.user_get(user, "api/terminals", token).json()]
+        assert hub.user_request("DELETE", user, f"api/terminals/{name}", token).status_code == 204
+        # jupyter_lsp
+        r = hub.user_get(user, "lsp/status", token)
+        assert r.status_code == 200 and "sessions" in r.json(), r.text
+        # campushub_lab: the session panel's facts
+        r = hub.user_get(user, "campushub/session", token)
+        assert r.status_code == 200 and r.json()["kind"] == "slurm", r.text
+        # kernels: the environment's Python kernel is offered and starts
+        r = hub.user_get(user, "api/kernelspecs", token)
+        assert r.status_code == 200 and "python3" in r.json()["kernelspecs"], r.text
+        r = hub.user_request("POST", user, "api/kernels", token, json={"name": "python3"})
+        assert r.status_code == 201, r.text
+        assert hub.user_request("DELETE", user, f"api/kernels/{r.json()['id']}", token).status_code == 204
+    finally:
+        hub.stop_server(user, token)

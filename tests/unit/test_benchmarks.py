@@ -166,3 +166,22 @@ def test_a_benchmark_section_is_replaced_between_its_markers_and_the_rest_kept(t
     with pytest.raises(ValueError, match="only one of the markers"):
         write_section(page, start, end, "", "")
     assert page.read_text() == f"{start} only one marker"
+
+
+def test_the_startup_comparison_says_whether_the_spawn_is_within_the_unchanged_bare_start():
+    from benchmarks.report import STARTUP_END, STARTUP_START, startup_block
+
+    res = saved_run()
+    res["floor-startup"] = {"sequential": [{"seconds": s, "cpu": 1.0} for s in (1.5, 1.6, 1.7)]}
+    res["meta"]["startup_only"] = True
+    block = startup_block(res)
+    assert block.startswith(STARTUP_START) and block.endswith(STARTUP_END)
+    assert "| bare server as CampusHub starts it: start to answer | 3 | 1.60 |" in block
+    # the spawn (p50 3.5 s) against the unchanged bare start (p50 3.5 s): at most, so met
+    assert "bare start of the unchanged server: **met**: p50 3.50 s vs 3.50 s" in block
+    res["campushub"]["sequential"] = [dict(s, seconds=s["seconds"] + 0.5) for s in res["campushub"]["sequential"]]
+    assert "unchanged server: **not met**: p50 4.00 s vs 3.50 s" in startup_block(res)
+    # the full run's table shows both bare starts, and a run saved before the second one still renders
+    assert "bare server as CampusHub starts it (campushub_lab.startup)" in console(res)
+    del res["floor-startup"]
+    assert "campushub_lab.startup" not in console(res)

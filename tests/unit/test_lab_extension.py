@@ -159,3 +159,60 @@ def test_the_front_end_is_installed_prebuilt_with_its_settings():
     for plugin in plugins:
         schema = json.loads((installed / "schemas" / "campushub-lab" / f"{plugin.split(':')[1]}.json").read_text())
         assert schema["type"] == "object" and schema["properties"], plugin
+
+
+# --- the server's start (campushub_lab.startup): slow steps deferred, nothing changed ---
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    # this checkout's campushub_lab, in a fresh interpreter (the deferral must come before any import of jsonschema)
+    path = os.pathsep.join([str(EXTENSION), *filter(None, [os.environ.get("PYTHONPATH")])])
+    run_env = dict(os.environ, PYTHONPATH=path, **env)
+    return subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_iri_check_imports_rfc3987_syntax_on_first_use_and_still_checks():
+    done = run_python(
+        "import sys\n"
+        "from campushub_lab.startup import defer_slow_imports\n"
+        "defer_slow_imports()\n"
+        "import jsonschema\n"
+        "print('file' if '__file__' in vars(sys.modules['rfc3987_syntax']) else 'stand-in')\n"
+        "v = jsonschema.Draft7Validator({'format': 'iri'}, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)\n"
+        "print(v.is_valid('http://example.org/ü'), v.is_valid('http://ex ample'), v.is_valid('no-scheme'))\n"
+        "print('file' if '__file__' in vars(sys.modules['rfc3987_syntax']) else 'stand-in')\n"
+        "import rfc3987_syntax\n"
+        "print(rfc3987_syntax.is_valid_syntax_iri('urn:x'))\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:4] == ["stand-in", "True False False", "file", "True"]
+
+
+def test_the_lab_is_imported_without_running_yarn_and_reports_its_version(tmp_path):
+    # a node that writes down each run: the Lab's import must not run it, a later options lookup does
+    runs = tmp_path / "node-runs"
+    node = tmp_path / "bin" / "node"
+    node.parent.mkdir()
+    node.write_text(f'#!/bin/sh\necho "$@" >> {runs}\n')
+    node.chmod(0o755)
+    done = run_python(
+        "from campushub_lab.startup import import_lab_without_yarn_config\n"
+        "import_lab_without_yarn_config()\n"
+        "import os, jupyterlab.labapp as labapp, jupyterlab.commands as commands\n"
+        "print(os.path.exists(os.environ['RUNS']))\n"
+        "print(labapp.app_version == commands.get_app_version())\n"
+        "print(os.path.exists(os.environ['RUNS']))\n",
+        PATH=f"{node.parent}{os.pathsep}{os.environ['PATH']}",
+        RUNS=str(runs),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True"]
+    assert "config --json" in runs.read_text()
+
+
+def test_singleuser_runs_this_environments_server_in_its_own_process():
+    from campushub_lab.portreport import runs_this_environments_server
+
+    assert runs_this_environments_server(str(Path(sys.executable).with_name("jupyterhub-singleuser")))
+    assert not runs_this_environments_server("env")
+    assert not runs_this_environments_server("no-such-command-campushub")

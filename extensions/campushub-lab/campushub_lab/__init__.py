@@ -2,9 +2,8 @@
 
 import os
 
-from .activity import watch_busy_kernels
-from .handlers import setup_handlers
-from .portreport import ENABLED, report_port
+# The server parts are imported when the server loads the extension: importing this package stays cheap
+# for campushub-singleuser, which must defer a slow import before jupyter_server's (see startup.py).
 
 __version__ = "0.1.0"
 
@@ -14,11 +13,16 @@ def _jupyter_server_extension_points():
 
 
 def _load_jupyter_server_extension(serverapp):
+    from .activity import watch_busy_kernels
+    from .handlers import setup_handlers
+
     watch_busy_kernels(serverapp)
     setup_handlers(serverapp.web_app)
 
 
 async def _start_jupyter_server_extension(serverapp):
     # runs once the event loop runs, after the HTTP server has bound its port
+    from .portreport import ENABLED, report_port
+
     if os.environ.get(ENABLED):
         await report_port(serverapp)

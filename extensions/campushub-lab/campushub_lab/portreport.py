@@ -2,7 +2,7 @@
 
 A server started as a batch job runs on a node the hub did not choose a port on. The job runs
 `campushub-singleuser jupyterhub-singleuser ARGS...`: it picks a free port on the node and starts
-the server there; once the server accepts connections, this extension posts the port to the hub
+the server there (this environment's in its own process, see startup.py; another command is executed); once the server accepts connections, this extension posts the port to the hub
 (`POST /hub/api/batchspawner`, the path batchspawner uses). The hub's first readiness check then
 finds the server up. (batchspawner-singleuser reports the port before the server has even loaded,
 and the hub then probes it on a growing back-off.)
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import sys
 from urllib.parse import urlsplit, urlunsplit
@@ -36,6 +37,13 @@ def with_port(url: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=f"{host}:{port}"))
 
 
+def runs_this_environments_server(command: str) -> bool:
+    """Whether COMMAND is this environment's jupyterhub-singleuser: then it runs in this process (startup.py)."""
+    found = shutil.which(command)
+    ours = os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")
+    return found is not None and os.path.exists(ours) and os.path.samefile(found, ours)
+
+
 def main(argv: list[str] | None = None) -> None:
     """campushub-singleuser COMMAND [ARGS...]"""
     argv = sys.argv[1:] if argv is None else argv
@@ -51,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("campushub-singleuser: JUPYTERHUB_SERVICE_URL is not set (it is started by the hub's job)")
     os.environ["JUPYTERHUB_SERVICE_URL"] = with_port(url, free_port())
     os.environ[ENABLED] = "1"
+    if runs_this_environments_server(argv[0]):
+        from .startup import run_server
+
+        run_server(argv[1:])
     try:
         os.execvp(argv[0], argv)
     except OSError as e:
