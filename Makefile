@@ -53,6 +53,7 @@ help:
 	@echo "make test              make check, then install what is needed (as root) and run all tests against a throwaway Slurm cluster"
 	@echo "make images            build the single-user images with podman (CPU and GPU; BASE=... for another base image)"
 	@echo "make check-image-gpu   build the GPU image (cached) and check it: CUDA libraries, server (GPU=1 on a GPU host)"
+	@echo "make bench-scale       as root: 1,000 users, 300 running servers, logins and browsers through hub and proxy (a few minutes)"
 	@echo "make hooks             run make check's linters before each git commit (pre-commit)"
 	@echo "make lock              resolve the newest releases within pyproject.toml's ranges into constraints.txt"
 	@echo "make clean             remove what can be rebuilt: the virtualenv, caches, build outputs"
@@ -203,3 +204,12 @@ bench-courses: test-system-packages install
 .PHONY: bench-docker
 bench-docker: test-system-packages install
 	$(VENV)/bin/python -m benchmarks.docker $(BENCH_ARGS)
+
+# Scale benchmark (as root, about 3 minutes a proxy): 1,000 users, 300 with a running server (the benchmark's own
+# minimal servers, one process), through the real hub, proxy and campus login, with logins at 10/s, activity and
+# browsers polling for a minute; chp and traefik side by side (targets: 0 errors, login p95 1 s, proxied p95 50 ms).
+# BENCH_ARGS="--write docs/benchmarks.md" refreshes its section of the results page;
+# BENCH_ARGS="--users 100 --servers 30 --load-seconds 15" for a quick check.
+.PHONY: bench-scale
+bench-scale: install
+	$(VENV)/bin/python -m benchmarks.scale $(BENCH_ARGS)
