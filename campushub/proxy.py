@@ -204,6 +204,7 @@ def hub_proxy_config(c, site: Site, state: StateDir) -> None:
         # the API's router and login are campushub.toml's, written by `campushub proxy`
         p.enable_setup_dynamic_config = False
         return
+    c.JupyterHub.proxy_class = "campushub.chp.ServerActivityCHP"
     c.ConfigurableHTTPProxy.should_start = False
     c.ConfigurableHTTPProxy.api_url = api_url
     c.ConfigurableHTTPProxy.auth_token = state.proxy_auth_token()

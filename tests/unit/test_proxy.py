@@ -128,3 +128,52 @@ def test_extra_config_may_set_the_traefik_proxy_class(tmp_path):
     assert hub_config(site).TraefikFileProviderProxy.check_route_timeout == 60
     with pytest.raises(SiteError, match="did you mean 'check_route_timeout'"):
         parse_site({"hub": {"extra_config": {"TraefikFileProviderProxy": {"check_route_timout": 60}}}})
+
+
+async def test_the_hub_reads_chps_routes_without_their_request_times(tmp_path):
+    # a real configurable-http-proxy (make install puts it beside this Python)
+    import socket
+    import time
+
+    import requests
+
+    from campushub.chp import ServerActivityCHP
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    port, api_port = ports
+    token = "a-test-token-of-the-proxy"
+    chp = subprocess.Popen(
+        [find_proxy("chp"), "--ip", "127.0.0.1", "--port", str(port), "--api-ip", "127.0.0.1",
+         "--api-port", str(api_port)],
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "CONFIGPROXY_AUTH_TOKEN": token},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        api = f"http://127.0.0.1:{api_port}/api/routes"
+        headers = {"Authorization": f"token {token}"}
+        for _ in range(100):
+            try:
+                requests.get(api, headers=headers, timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        route = {"target": "http://127.0.0.1:9", "jupyterhub": True, "user": "ada", "server_name": ""}
+        assert requests.post(f"{api}/user/ada", json=route, headers=headers, timeout=5).status_code == 201
+        assert "last_activity" in requests.get(api, headers=headers, timeout=5).json()["/user/ada"]
+
+        proxy = ServerActivityCHP(api_url=f"http://127.0.0.1:{api_port}", auth_token=token, should_start=False)
+        routes = await proxy.get_all_routes()
+        assert routes["/user/ada/"]["data"] == {"user": "ada", "server_name": ""}
+        assert routes["/user/ada/"]["target"] == "http://127.0.0.1:9"
+    finally:
+        chp.terminate()
+        chp.wait(10)
+
+
+def test_the_hub_uses_that_chp_class(tmp_path):
+    c = hub_config(site_of(tmp_path))
+    assert c.JupyterHub.proxy_class == "campushub.chp.ServerActivityCHP"
