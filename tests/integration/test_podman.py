@@ -70,15 +70,19 @@ def hub(slurm, unix_users, singleuser_env, image, tmp_path_factory):
 
 
 def container_server_pid(uid: int) -> int:
-    """The jupyterhub-singleuser process of `uid` that runs in a mount namespace other than ours."""
+    """The server process of `uid` that runs in a mount namespace other than ours."""
     ours = os.readlink("/proc/self/ns/mnt")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             argv = (entry / "cmdline").read_text().split("\0")
-            # python .../bin/jupyterhub-singleuser ARGS (campushub-singleuser has exec'd it)
-            server = len(argv) > 1 and os.path.basename(argv[1]) == "jupyterhub-singleuser"
+            # python .../bin/campushub-singleuser jupyterhub-singleuser ARGS: the image's own environment's
+            # server runs in that process (campushub_lab.startup)
+            server = argv[1:3] and [os.path.basename(a) for a in argv[1:3]] == [
+                "campushub-singleuser",
+                "jupyterhub-singleuser",
+            ]
             if entry.stat().st_uid != uid or not server or "podman" in argv[0]:
                 continue
             if os.readlink(entry / "ns" / "mnt") != ours:
