@@ -57,11 +57,6 @@ def on_connect_wal(dbapi_connection, _record) -> None:
         dbapi_connection.execute("PRAGMA journal_mode=WAL")
 
 
-def apply_proxy(c: Config, site: Site, state: StateDir) -> None:
-    # The proxy is its own process (`campushub proxy`), so a hub restart cuts no user's connection.
-    hub_proxy_config(c, site, state)
-
-
 HUB_TEMPLATES = Path(__file__).with_name("templates")
 
 
@@ -483,7 +478,7 @@ def hub_config(site: Site) -> Config:
     c = Config()
     for apply in (
         apply_hub,
-        apply_proxy,
+        hub_proxy_config,
         apply_branding,
         apply_auth,
         apply_spawner,

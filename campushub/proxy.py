@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .site import Site
-from .state import StateDir
+from .state import StateDir, write_private
 
 COMMANDS = {"chp": "configurable-http-proxy", "traefik": "traefik"}
 INSTALL = {
@@ -73,10 +73,6 @@ class TraefikFiles:
             folder.mkdir(mode=0o700, exist_ok=True)
             os.chmod(folder, 0o700)
         return self
-
-
-def traefik_api_password(state: StateDir) -> str:
-    return state.secret("traefik_api_password")[0]
 
 
 def traefik_static_config(site: Site, files: TraefikFiles) -> dict:
@@ -146,23 +142,13 @@ def traefik_own_config(site: Site, password: str) -> dict:
     }
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write `path` (mode 0600) whole: into a new file, then renamed over it, so a reader never sees a part."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def traefik_argv(site: Site, state: StateDir) -> list[str]:
     """Write traefik's static config and CampusHub's part of its dynamic config; the command that runs it."""
     import toml  # jupyterhub-traefik-proxy's own dependency: its files are TOML too
 
     command = find_proxy("traefik")
     files = TraefikFiles(state).ensure()
-    write_private(files.own, toml.dumps(traefik_own_config(site, traefik_api_password(state))))
+    write_private(files.own, toml.dumps(traefik_own_config(site, state.traefik_api_password())))
     write_private(files.static, toml.dumps(traefik_static_config(site, files)))
     return [command, f"--configfile={files.static}"]
 
@@ -189,7 +175,8 @@ def proxy_command(site: Site, state: StateDir) -> tuple[list[str], dict]:
 
 
 def hub_proxy_config(c, site: Site, state: StateDir) -> None:
-    """The hub's side: talk to the proxy that `campushub proxy` runs; never start or stop one."""
+    """The hub's side: talk to the proxy that `campushub proxy` runs; never start or stop one (it is its own
+    process, so that a hub restart cuts no user's connection)."""
     api_url = f"http://127.0.0.1:{site.proxy.api_port}"
     if site.proxy.kind == "traefik":
         c.JupyterHub.proxy_class = "traefik_file"  # jupyterhub_traefik_proxy.fileprovider.TraefikFileProviderProxy
@@ -197,7 +184,7 @@ def hub_proxy_config(c, site: Site, state: StateDir) -> None:
         p.should_start = False
         p.traefik_api_url = api_url
         p.traefik_api_username = TRAEFIK_API_USER
-        p.traefik_api_password = traefik_api_password(state)
+        p.traefik_api_password = state.traefik_api_password()
         p.traefik_entrypoint = ENTRYPOINT
         p.traefik_api_entrypoint = API_ENTRYPOINT
         p.dynamic_config_file = str(TraefikFiles(state).ensure().routes)

@@ -11,7 +11,7 @@ import difflib
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -41,23 +41,6 @@ def moved_keys(data: Any, moved: dict[str, str]) -> Any:
     return data
 
 
-def database_url(value: str | None, password_key: str) -> str | None:
-    if value is None:
-        return value
-    from .database import url_problem  # the rules of database URLs live with the databases
-
-    problem = url_problem(value, password_key)
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
-def password_with_postgresql(value: Path | None, info: ValidationInfo, url_key: str) -> Path | None:
-    if value and not (info.data.get("db_url") or "").startswith("postgresql"):
-        raise ValueError(f"is for a PostgreSQL {url_key} (SQLite needs no password)")
-    return value
-
-
 class Section(Model):
     @field_validator("*", mode="after")
     @classmethod
@@ -68,7 +51,34 @@ class Section(Model):
         return value
 
 
-class HubSettings(Section):
+class DatabaseSection(Section):
+    """A section with a database of its own: `db_url` and `db_password_file`, under campushub.database's rules."""
+
+    key: ClassVar[str]  # the section's key in the site file, for the messages
+
+    @field_validator("db_url", check_fields=False)
+    @classmethod
+    def _a_database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from .database import url_problem  # the rules of database URLs live with the databases
+
+        problem = url_problem(value, f"{cls.key}.db_password_file")
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("db_password_file", check_fields=False)
+    @classmethod
+    def _password_with_postgresql(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value and not (info.data.get("db_url") or "").startswith("postgresql"):
+            raise ValueError(f"is for a PostgreSQL {cls.key}.db_url (SQLite needs no password)")
+        return value
+
+
+class HubSettings(DatabaseSection):
+    key = "hub"
+
     ip: str = Field(
         "127.0.0.1",
         description="IP address where users reach CampusHub (the proxy listens here; 0.0.0.0: every interface). "
@@ -124,16 +134,6 @@ class HubSettings(Section):
     db_password_file: Path | None = Field(
         None, description="File holding the hub database's password (mode 0600 or 0640); with a PostgreSQL db_url."
     )
-
-    @field_validator("db_url")
-    @classmethod
-    def _a_database_url(cls, value: str | None) -> str | None:
-        return database_url(value, "hub.db_password_file")
-
-    @field_validator("db_password_file")
-    @classmethod
-    def _password_with_postgresql(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return password_with_postgresql(value, info, "hub.db_url")
 
     extra_config: dict[str, dict[str, Any]] = Field(
         {},
@@ -530,7 +530,9 @@ class SmtpSettings(Section):
     password_file: Path | None = Field(None, description="File holding the SMTP password (mode 0600).")
 
 
-class SchedulerSettings(Section):
+class SchedulerSettings(DatabaseSection):
+    key = "scheduler"
+
     enabled: bool = Field(
         True,
         description="Run the nightly-notebooks service (campushub.scheduler) with the hub, at /services/scheduler/.",
@@ -550,16 +552,6 @@ class SchedulerSettings(Section):
     db_password_file: Path | None = Field(
         None, description="File holding the service database's password (mode 0600 or 0640); with a PostgreSQL db_url."
     )
-
-    @field_validator("db_url")
-    @classmethod
-    def _a_database_url(cls, value: str | None) -> str | None:
-        return database_url(value, "scheduler.db_password_file")
-
-    @field_validator("db_password_file")
-    @classmethod
-    def _password_with_postgresql(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return password_with_postgresql(value, info, "scheduler.db_url")
 
     runs_folder: str = Field(
         "campushub-runs",

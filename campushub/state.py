@@ -55,9 +55,23 @@ class StateDir:
     def proxy_auth_token(self) -> str:
         return self.secret("proxy_auth_token")[0]
 
+    def traefik_api_password(self) -> str:
+        return self.secret("traefik_api_password")[0]
+
     def demo_password(self) -> tuple[str, bool]:
         return self.secret("demo_password", make=lambda: secrets.token_urlsafe(12))
 
     def demo_admin_password(self) -> tuple[str, bool]:
         # JupyterHub asks at least 32 characters of an admin password
         return self.secret("demo_admin_password", make=lambda: secrets.token_urlsafe(32))
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `path` whole, mode 0600: into a new file beside it, then renamed over it, so that a reader (or a
+    writer killed halfway) never leaves a part of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -15,11 +15,12 @@ into a staff group, so the endpoint gives it no new power.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import yaml
+
+from ..state import write_private
 
 ROLES_FILE = "course-roles.yaml"
 COURSE_ID = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
@@ -71,10 +72,5 @@ def write_course_ids(state_dir: Path, ids: list[str]) -> None:
     """Replace the list atomically (a killed apply leaves the old file or the new, never half)."""
     path = roles_file(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     text = "# Courses whose staff role the hub loads at start; written by `campushub course apply|retire`.\n"
-    text += yaml.safe_dump({"courses": sorted(set(ids))})
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_private(path, text + yaml.safe_dump({"courses": sorted(set(ids))}))
