@@ -53,8 +53,10 @@ import requests
 from campushub import __version__
 from tests.cluster.hub import RunningHub
 from tests.cluster.lock import machine_lock
-from tests.cluster.slurm import free_port, wait_for
+from tests.cluster.machines import descendants, proc_status
+from tests.cluster.slurm import end_process, free_port, wait_for
 
+from .measure import cpu_seconds
 from .report import publish
 from .scale_servers import CONTROL_ENV
 from .stats import pct
@@ -304,16 +306,6 @@ def start_servers(work: Path) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 STALL = re.compile(r"Event loop was unresponsive for at least ([0-9.]+)s")
 
 
@@ -326,31 +318,11 @@ def hub_log(text: str) -> dict:
     }
 
 
-def descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
-    return found
-
-
 def cpu_and_rss(pid: int, tree: bool = False) -> tuple[float, float]:
     """CPU seconds and resident MB of a process (with `tree`, and of its descendants)."""
-    cpu, rss = 0.0, 0.0
-    for p in descendants(pid) if tree else [pid]:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            status = Path(f"/proc/{p}/status").read_text()
-        except OSError:
-            continue
-        cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        rss += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0) / 1024
-    return cpu, rss
+    pids = [pid, *descendants(pid)] if tree else [pid]
+    rss_kb = sum(int(proc_status(p).get("VmRSS", "0 kB").split()[0]) for p in pids)
+    return sum(cpu_seconds(p) for p in pids), rss_kb / 1024
 
 
 def machine_busy() -> tuple[float, float]:
@@ -710,14 +682,14 @@ def run(args) -> dict:
                 runs[-1].update(hub_log((hub.workdir / "hub.log").read_text(errors="replace")))
             finally:
                 hub.close()
-                stop(servers[0])
+                end_process(servers[0])
                 servers = None
             if args.profile_hub:
                 log(f"[{kind}] where the hub's time went (cProfile of its main thread, the whole run):\n"
                     + hub_profile(work / f"hub-{kind}.prof"))  # fmt: skip
     finally:
-        stop(servers[0] if servers else None)
-        stop(idp)
+        end_process(servers[0] if servers else None)
+        end_process(idp)
         remove_accounts()
         if args.keep:
             log(f"kept {work}")

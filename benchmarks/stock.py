@@ -13,7 +13,7 @@ from pathlib import Path
 import requests
 
 from tests.cluster.hub import HubClient, RunningHub
-from tests.cluster.slurm import free_port, wait_for
+from tests.cluster.slurm import alive, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 CHP = REPO / ".venv" / "bin" / "configurable-http-proxy"
@@ -100,7 +100,7 @@ class StockHub(RunningHub):
             pid = int(pid_file.read_text().strip())
         except (OSError, ValueError):
             return
-        if _alive(pid) and "configurable-http-proxy" in _cmdline(pid):
+        if alive(pid) and "configurable-http-proxy" in _cmdline(pid):
             os.kill(pid, signal.SIGTERM)
 
 
@@ -109,14 +109,6 @@ def _answers(url: str) -> bool:
         return requests.get(url, timeout=2, allow_redirects=False).status_code < 500
     except requests.RequestException:
         return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _cmdline(pid: int) -> str:

@@ -17,7 +17,7 @@ import requests
 import yaml
 
 from .idp import CAMPUS_GROUP, campus_login, set_user
-from .slurm import free_port, wait_for
+from .slurm import end_process, free_port, wait_for
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
@@ -241,12 +241,7 @@ class RunningHub(HubClient):
 
     def close(self) -> None:
         for proc in (self.hub, self.proxy):
-            if proc and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            end_process(proc, 60)
 
     def log_tail(self, lines: int = 40) -> str:
         text = (self.workdir / "hub.log").read_text(errors="replace")

@@ -47,6 +47,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def alive(pid: int) -> bool:
+    """Whether a process of this pid exists (one of another user's too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def end_process(proc: subprocess.Popen | None, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds; waits for it to end. None or an ended one: nothing."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_for(check, timeout: float, what: str, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -125,12 +148,7 @@ class SlurmCluster:
         if self.cmd("scontrol", "ping", check=False).returncode == 0:
             self.cancel_all()
         for proc in reversed(self.daemons):
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            end_process(proc, 15)
         self.daemons.clear()
         run("pkill", "-f", f"slurmstepd.*{self.root}", check=False)
         run("pkill", "-f", f"munged.*{self.munge_socket}", check=False)

@@ -23,6 +23,7 @@ import requests
 from campushub import __version__
 from campushub.database import Database, jupyterhub_revisions
 from campushub.profiles import GROUP_PROPERTY
+from tests.cluster.slurm import alive
 from tests.cluster.upgrade import (
     OLDER_JUPYTERHUB,
     OLDER_REVISION,
@@ -49,14 +50,6 @@ def older(root_required):
 
 def jupyterhub_version(hub: InstalledHub) -> str:
     return requests.get(f"{hub.url}/hub/api/", timeout=10).json()["version"]
-
-
-def running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def write_file(hub: InstalledHub, user: str, token: str, name: str, text: str) -> None:
@@ -151,14 +144,14 @@ def test_an_older_campushub_upgrades_in_place_while_servers_run(older, tmp_path)
         assert hub_view(hub, admin) == before  # users, admins, groups, grants and ready servers
         for user in USERS:
             assert hub.server(user, tokens[user])["ready"]
-            assert server_pid(hub, user, admin) == pids[user] and running(pids[user])
+            assert server_pid(hub, user, admin) == pids[user] and alive(pids[user])
             assert (homes[user].read_bytes(), homes[user].stat().st_mtime_ns) == files[user]
             r = hub.user_get(user, "api/contents/notes.txt", tokens[user])
             assert r.status_code == 200 and r.json()["content"] == files[user][0].decode()
 
         # the newer hub stops a server the older one started, and starts it again
         hub.stop_server("ada", tokens["ada"])
-        assert not running(pids["ada"])
+        assert not alive(pids["ada"])
         assert hub.spawn_and_wait("ada", tokens["ada"])["ready"]
         pids["ada"] = server_pid(hub, "ada", admin)
         r = hub.user_get("ada", "api/contents/notes.txt", tokens["ada"])
@@ -182,10 +175,10 @@ def test_an_older_campushub_upgrades_in_place_while_servers_run(older, tmp_path)
         assert after["users"]["ada"][2] == {}  # the server the backup knew ended (restarted after the upgrade)
         after["users"]["ada"] = before["users"]["ada"]
         assert after == before
-        assert server_pid(hub, "bob", admin) == pids["bob"] and running(pids["bob"])
+        assert server_pid(hub, "bob", admin) == pids["bob"] and alive(pids["bob"])
         assert hub.user_get("bob", "api/contents/notes.txt", tokens["bob"]).status_code == 200
     finally:
         hub.close()
         for pid in pids.values():  # servers outlive the hub (cleanup_servers is off)
-            if running(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGTERM)

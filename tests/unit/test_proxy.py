@@ -8,12 +8,15 @@ import sys
 
 import bcrypt
 import pytest
+import requests
 import toml
 
+from campushub.chp import ServerActivityCHP
 from campushub.hubconfig import check_site, hub_config
 from campushub.proxy import ProxyNotFound, TraefikFiles, find_proxy, proxy_command
 from campushub.site import SiteError, parse_site
 from campushub.state import StateDir
+from tests.cluster.slurm import end_process, free_port, wait_for
 
 
 def site_of(tmp_path, **proxy):
@@ -130,21 +133,9 @@ def test_extra_config_may_set_the_traefik_proxy_class(tmp_path):
         parse_site({"hub": {"extra_config": {"TraefikFileProviderProxy": {"check_route_timout": 60}}}})
 
 
-async def test_the_hub_reads_chps_routes_without_their_request_times(tmp_path):
+async def test_the_hub_reads_chps_routes_without_their_request_times():
     # a real configurable-http-proxy (make install puts it beside this Python)
-    import socket
-    import time
-
-    import requests
-
-    from campushub.chp import ServerActivityCHP
-
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    port, api_port = ports
+    port, api_port = free_port(), free_port()
     token = "a-test-token-of-the-proxy"
     chp = subprocess.Popen(
         [find_proxy("chp"), "--ip", "127.0.0.1", "--port", str(port), "--api-ip", "127.0.0.1",
@@ -155,12 +146,14 @@ async def test_the_hub_reads_chps_routes_without_their_request_times(tmp_path):
     try:
         api = f"http://127.0.0.1:{api_port}/api/routes"
         headers = {"Authorization": f"token {token}"}
-        for _ in range(100):
+
+        def answers() -> bool:
             try:
-                requests.get(api, headers=headers, timeout=1)
-                break
+                return requests.get(api, headers=headers, timeout=1).status_code == 200
             except requests.ConnectionError:
-                time.sleep(0.1)
+                return False
+
+        wait_for(answers, 10, "configurable-http-proxy's API")
         route = {"target": "http://127.0.0.1:9", "jupyterhub": True, "user": "ada", "server_name": ""}
         assert requests.post(f"{api}/user/ada", json=route, headers=headers, timeout=5).status_code == 201
         assert "last_activity" in requests.get(api, headers=headers, timeout=5).json()["/user/ada"]
@@ -170,8 +163,7 @@ async def test_the_hub_reads_chps_routes_without_their_request_times(tmp_path):
         assert routes["/user/ada/"]["data"] == {"user": "ada", "server_name": ""}
         assert routes["/user/ada/"]["target"] == "http://127.0.0.1:9"
     finally:
-        chp.terminate()
-        chp.wait(10)
+        end_process(chp, 10)
 
 
 def test_the_hub_uses_that_chp_class(tmp_path):
