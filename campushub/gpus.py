@@ -106,10 +106,12 @@ class GpuCache:
     def last(self, partition: str) -> Inventory | None:
         return self.found.get(partition, (0.0, None))[1]
 
-    async def read(self, partition: str, run) -> Inventory | None:
-        """`run(argv)` runs a command without a shell: (returncode, stdout, stderr)."""
+    async def read(self, partition: str, run, max_age: float | None = None) -> Inventory | None:
+        """`run(argv)` runs a command without a shell: (returncode, stdout, stderr). `max_age` (seconds)
+        asks for a read newer than the cache's own age."""
         read_at, inventory = self.found.get(partition, (0.0, None))
-        if inventory is not None and time.monotonic() - read_at < self.seconds:
+        age = self.seconds if max_age is None else min(max_age, self.seconds)
+        if inventory is not None and time.monotonic() - read_at < age:
             return inventory
         try:
             rc, out, _ = await run(["scontrol", "--details", "--oneliner", "show", "node"])

@@ -482,9 +482,10 @@ class SlurmSpawner(MeteredSpawner, batchspawner.SlurmSpawner):
             raise
         return options
 
-    async def cluster(self, partition: str) -> Inventory | None:
-        """The partition's GPUs, as Slurm reports them (read at most every 30 s); None if Slurm cannot tell."""
-        return await GPUS.read(partition, self.run_as_hub)
+    async def cluster(self, partition: str, max_age: float | None = None) -> Inventory | None:
+        """The partition's GPUs, as Slurm reports them (read at most every 30 s, or `max_age`); None if Slurm
+        cannot tell."""
+        return await GPUS.read(partition, self.run_as_hub, max_age)
 
     async def run_as_hub(self, argv) -> tuple[int, str, str]:
         """Run a Slurm query as the hub itself, without a shell, with only what Slurm's commands need."""
@@ -818,6 +819,10 @@ class SlurmSpawner(MeteredSpawner, batchspawner.SlurmSpawner):
             elif queued:
                 request = self.job_request
                 cluster = await self.cluster(request.partition) if request.gpus and reason == "Resources" else None
+                if cluster is not None and cluster.free(request.gpu_type) >= request.gpus:
+                    # Slurm holds the job for resources, yet the last read had its GPUs free: that read may
+                    # predate the jobs that took them, so ask Slurm again before telling the user why
+                    cluster = await self.cluster(request.partition, max_age=1.0)
                 message = f"Job {self.job_id} is queued: " + pending_message(
                     reason, start, request, cluster, self.timezone
                 )

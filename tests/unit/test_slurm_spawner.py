@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shlex
+import time
 from datetime import datetime
 from types import SimpleNamespace
 from zoneinfo import ZoneInfo
@@ -13,7 +15,7 @@ from batchspawner import JobStatus
 from tornado import web
 from traitlets.config import Config
 
-from campushub.gpus import parse_nodes
+from campushub.gpus import GPUS, parse_nodes
 from campushub.profiles import Profile, SpawnRequest
 from campushub.site import SlurmSettings, UsersSettings
 from campushub.spawners.slurm import (
@@ -217,6 +219,26 @@ def test_the_estimated_start_has_its_date_when_not_today_in_the_sites_time_zone(
                                "Europe/Berlin", now)  # fmt: skip
     assert tomorrow.endswith("estimated start Tue 24 Nov 08:00 CET (in about 23 h)"), tomorrow
 
+
+
+def test_a_wait_for_resources_asks_slurm_again_when_the_last_read_had_the_gpus_free():
+    # the GPUs were read (all free) just before other jobs took them; Slurm now holds this job for resources
+    s = spawner(profiles=[Profile(slug="gpu", display_name="GPU", everyone=True, resources={"gpus": 1})])
+    s.request, s.job_id, s.job_status = s.resolve({"profile": "gpu"}), "23", "PENDING||N/A|Resources"
+    reads = []
+
+    async def scontrol(argv):
+        reads.append(argv)
+        return 0, "NodeName=vm Gres=gpu:4 State=MIXED Partitions=gpu AllocTRES=cpu=2,gres/gpu=4\n", ""
+
+    s.run_as_hub = scontrol
+    GPUS.found["gpu"] = (time.monotonic() - 5, four_gpus(in_use=0))  # within the cache's 30 s
+    try:
+        first = asyncio.run(anext(s.progress()))
+    finally:
+        GPUS.found.pop("gpu", None)
+    assert first["message"].startswith("Job 23 is queued: all 4 GPUs are in use by other jobs"), first
+    assert first["queued"] and len(reads) == 1
 
 @pytest.mark.parametrize(
     "slurm_said, request_, words",
