@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
@@ -37,7 +35,7 @@ from tests.cluster.lock import machine_lock
 from tests.cluster.slurm import SlurmCluster
 from tests.cluster.users import create_users, remove_user
 
-from .report import publish
+from .report import machine, publish
 
 INSTRUCTOR = "chb-course-prof"
 ADMIN = "chb-course-admin"
@@ -161,10 +159,7 @@ def run(args) -> dict:
     import jupyterhub
 
     return {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
+        **machine(),
         "jupyterhub": jupyterhub.__version__,
         "campushub": __version__,
         "slurm": slurm_version,
@@ -181,7 +176,7 @@ def results_block(res: dict) -> str:
     lines = [
         RESULTS_START,
         "",
-        f"Run of {res['when']} on `{res['host']}`: {res['cpus']} CPU cores; Python {res['python']}, JupyterHub "
+        f"Run of {res['date']} on `{res['host']}`: {res['cpus']} CPU cores; Python {res['python']}, JupyterHub "
         f"{res['jupyterhub']} on SQLite, Slurm {res['slurm']} with slurmdbd, CampusHub {res['campushub']}. "
         f"{res['students']} students a course, each course with a GPU quota. "
         f"Load average before / after: {load}. The run took {res['minutes']:.1f} minutes.",

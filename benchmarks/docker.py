@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -26,7 +25,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
@@ -39,7 +37,7 @@ from tests.cluster.podman_service import PodmanService
 from tests.cluster.slurm import free_port, wait_for
 
 from .measure import BenchError, spawn_to_ready
-from .report import publish
+from .report import machine, publish
 
 TARGET_RATIO, CROWD = 1.3, 10
 USERS = [f"bench-dk{i:02d}" for i in range(CROWD)]
@@ -179,9 +177,7 @@ def run(args) -> dict:
         shutil.rmtree(engine.folder, ignore_errors=True)
     crowd = [o for o in outcomes if not isinstance(o, str)]
     return {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
+        **machine(),
         "campushub": __version__,
         "podman": subprocess.run(["podman", "--version"], capture_output=True, text=True).stdout.split()[-1],
         "image": image,
@@ -212,7 +208,7 @@ def results_block(res: dict) -> str:
     lines = [
         RESULTS_START,
         "",
-        f"Run of {res['when']} on `{res['host']}`: {res['cpus']} CPU cores; podman {res['podman']} (its API "
+        f"Run of {res['date']} on `{res['host']}`: {res['cpus']} CPU cores; podman {res['podman']} (its API "
         f"service, runtime runc), CampusHub {res['campushub']}; image `{res['image']}` ({res['image_mb']:.0f} MB). "
         f"Load average before / after: {load}. The run took {res['minutes']:.1f} minutes.",
         "",

@@ -4,7 +4,11 @@ in that page, outside the markers, and stay as they are."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import platform
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .stats import (
@@ -26,6 +30,24 @@ LABELS = {
     "floor": "floor: bare jupyterhub-singleuser, no Slurm",
     "floor-startup": "bare server as CampusHub starts it (campushub_lab.startup), no Slurm",
 }
+
+
+def machine() -> dict:
+    """When and on what a run ran: the first line of every benchmark's results."""
+    os_name = "Linux"
+    with contextlib.suppress(OSError):
+        lines = Path("/etc/os-release").read_text().splitlines()
+        os_name = dict(line.split("=", 1) for line in lines if "=" in line).get("PRETTY_NAME", "Linux").strip('"')
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
+        "os": os_name,
+        "python": platform.python_version(),
+    }
+
+
 RESULTS_START = "<!-- results:start (written by benchmarks/spawn.py --write; do not edit by hand) -->"
 RESULTS_END = "<!-- results:end -->"
 # a page that --write creates: the results under a title, the method where it is kept

@@ -33,7 +33,6 @@ import asyncio
 import ctypes
 import grp
 import os
-import platform
 import pwd
 import random
 import re
@@ -44,7 +43,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -57,7 +55,7 @@ from tests.cluster.machines import descendants, proc_status
 from tests.cluster.slurm import end_process, free_port, wait_for
 
 from .measure import cpu_seconds
-from .report import publish
+from .report import machine, publish
 from .scale_servers import CONTROL_ENV
 from .stats import pct
 
@@ -698,10 +696,7 @@ def run(args) -> dict:
     import jupyterhub
 
     return {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
+        **machine(),
         "jupyterhub": jupyterhub.__version__,
         "campushub": __version__,
         "users": args.users,
@@ -807,7 +802,7 @@ def results_block(res: dict) -> str:
     lines = [
         RESULTS_START,
         "",
-        f"Run of {res['when']} on `{res['host']}`: {res['cpus']} CPU cores; Python {res['python']}, JupyterHub "
+        f"Run of {res['date']} on `{res['host']}`: {res['cpus']} CPU cores; Python {res['python']}, JupyterHub "
         f"{res['jupyterhub']} on SQLite, CampusHub {res['campushub']}. {res['users']} users, {res['servers']} running "
         f"servers, {res['load_seconds']:g} s of load. {res['users']} unix accounts written in "
         f"{res['accounts_seconds']:.2f} s. Load average before / after: {load}. The run took "

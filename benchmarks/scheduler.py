@@ -17,13 +17,12 @@ import contextlib
 import itertools
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import nbformat
@@ -37,7 +36,7 @@ from campushub.site import SchedulerSettings, parse_site
 from tests.cluster.lock import machine_lock
 
 from . import scheduler_report as results
-from .report import fmt
+from .report import fmt, machine
 
 NOTEBOOK = "bench"  # template:bench, the one notebook of every run
 POLL = 0.02  # seconds between looks at a run's record
@@ -280,18 +279,9 @@ async def burst(args, root: Path, templates: Path) -> dict:
 def meta(args, started: float, load_before: str) -> dict:
     from importlib.metadata import version
 
-    os_name = "Linux"
-    with contextlib.suppress(OSError):
-        lines = Path("/etc/os-release").read_text().splitlines()
-        os_name = dict(line.split("=", 1) for line in lines if "=" in line).get("PRETTY_NAME", "Linux").strip('"')
     packages = ("papermill", "nbclient", "ipykernel", "nbconvert", "sqlalchemy", "campushub")
     return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
-        "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
-        "os": os_name,
-        "python": platform.python_version(),
+        **machine(),
         **{p: version(p) for p in packages},
         "runs": args.runs,
         "default_check_interval": DEFAULT_INTERVAL,

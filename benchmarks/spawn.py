@@ -14,7 +14,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -22,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
@@ -272,22 +270,8 @@ class Bench:
         import batchspawner
         import jupyterhub
 
-        os_name = "Linux"
-        try:
-            os_name = (
-                dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line)
-                .get("PRETTY_NAME", "Linux")
-                .strip('"')
-            )
-        except OSError:
-            pass
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
         return {
-            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "host": platform.node(),
-            "cpus": os.cpu_count(),
-            "memory_gb": mem,
-            "os": os_name,
+            **results.machine(),
             "slurm": self.slurm_version,
             "jupyterhub": jupyterhub.__version__,
             "batchspawner": batchspawner.__version__,

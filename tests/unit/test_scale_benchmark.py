@@ -115,7 +115,7 @@ def a_run(proxy: str, login_p95: float, proxied_p95: float, errors: dict) -> dic
 
 
 def test_the_report_puts_both_proxies_side_by_side_and_says_which_targets_are_met():
-    res = {"when": "2026-11-23 21:00 UTC", "host": "box", "cpus": 2, "python": "3.11", "jupyterhub": "6.1.1",
+    res = {"date": "2026-11-23 21:00 UTC", "host": "box", "cpus": 2, "python": "3.11", "jupyterhub": "6.1.1",
            "campushub": "0.1", "users": 1000, "servers": 300, "login_rate": 10, "load_seconds": 60,
            "poll_interval": 5, "concurrency": 10, "accounts_seconds": 0.05, "load": [[1, 1, 1], [2, 2, 2]],
            "minutes": 9.5,
