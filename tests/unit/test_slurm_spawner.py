@@ -220,7 +220,6 @@ def test_the_estimated_start_has_its_date_when_not_today_in_the_sites_time_zone(
     assert tomorrow.endswith("estimated start Tue 24 Nov 08:00 CET (in about 23 h)"), tomorrow
 
 
-
 def test_a_wait_for_resources_asks_slurm_again_when_the_last_read_had_the_gpus_free():
     # the GPUs were read (all free) just before other jobs took them; Slurm now holds this job for resources
     s = spawner(profiles=[Profile(slug="gpu", display_name="GPU", everyone=True, resources={"gpus": 1})])
@@ -239,6 +238,7 @@ def test_a_wait_for_resources_asks_slurm_again_when_the_last_read_had_the_gpus_f
         GPUS.found.pop("gpu", None)
     assert first["message"].startswith("Job 23 is queued: all 4 GPUs are in use by other jobs"), first
     assert first["queued"] and len(reads) == 1
+
 
 @pytest.mark.parametrize(
     "slurm_said, request_, words",
