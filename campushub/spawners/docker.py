@@ -510,8 +510,6 @@ class DockerSpawner(MeteredSpawner, dockerspawner.DockerSpawner):
             return None
 
     async def stop(self, now=False):
-        if self.pending == "spawn":
-            self._stop_asked = True  # the spawn ends as cancelled, not failed
         if not self.object_id and not await self.get_object():
             self.clear_state()
             return

@@ -1,8 +1,7 @@
 """What CampusHub's metrics (campushub.metrics) read from a spawner with profiles: the Slurm and Docker ones.
 
 Such a spawner resolves user_options into a request with a profile slug and a GPU count (`request`,
-`resolve(options)`, `accepted_options`, `all_profiles()`), and marks `_stop_asked` when a stop comes while its
-spawn is pending."""
+`resolve(options)`, `accepted_options`, `all_profiles()`)."""
 
 from __future__ import annotations
 
@@ -17,17 +16,15 @@ from ..profiles import granting_group
 
 
 class MeteredSpawner:
-    _stop_asked = False  # a stop came while the spawn was pending: it ends as cancelled
-
     @contextmanager
     def metered_spawn(self):
-        """Around a spawn: its duration by profile and outcome (ready, failed, cancelled)."""
+        """Around a spawn: its duration by profile and outcome (ready, failed, cancelled). A stop while the spawn
+        is pending reaches start() as its cancellation: JupyterHub cancels the spawn before it calls stop()."""
         began = time.monotonic()
-        self._stop_asked = False
         try:
             yield
         except BaseException as e:
-            cancelled = self._stop_asked or isinstance(e, asyncio.CancelledError)
+            cancelled = isinstance(e, asyncio.CancelledError)
             metrics.observe_spawn(
                 self.profile_label(), "cancelled" if cancelled else "failed", time.monotonic() - began
             )

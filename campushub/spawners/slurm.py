@@ -706,8 +706,6 @@ class SlurmSpawner(MeteredSpawner, batchspawner.SlurmSpawner):
         # The hub forgets the server once stop() returns, whatever happened: a cancel that failed for a
         # passing reason (slurmctld busy, munge restarting) is tried again while Slurm still lists the job.
         job_id = self.job_id
-        if self.pending == "spawn":
-            self._stop_asked = True  # the spawn ends as cancelled, not failed
         if not job_id:
             return
         self.log.info("Cancelling job %s of %s", job_id, self.user.name)

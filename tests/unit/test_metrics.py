@@ -3,6 +3,8 @@ in docs/ that use them."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 from datetime import UTC
@@ -18,6 +20,7 @@ from campushub.auth import account_hook, unix_name
 from campushub.hubconfig import hub_config
 from campushub.profiles import Profile, granting_group
 from campushub.site import SiteError, parse_site
+from campushub.spawners.metered import MeteredSpawner
 
 DOCS = Path(__file__).parents[2] / "docs"
 RULES = DOCS / "prometheus" / "campushub-rules.yml"
@@ -212,3 +215,51 @@ def test_without_a_token_file_there_is_no_prometheus_service(tmp_path):
 def test_a_weak_or_open_token_file_is_refused(tmp_path, text, mode, problem):
     with pytest.raises(SiteError, match=f"metrics.token_file: .*{problem}"):
         hub_config(site_with_token(tmp_path, text, mode))
+
+
+class Metered(MeteredSpawner):
+    """A spawner's metered part alone: its request's profile, its start's time limit."""
+
+    request = SimpleNamespace(profile="metered-test")
+    start_timeout = 60
+
+
+def spawns_by_outcome() -> dict[str, float]:
+    registry = CollectorRegistry()
+    registry.register(metrics.SPAWN_DURATION)
+    name = "campushub_spawn_duration_seconds_count"
+    return {
+        o: registry.get_sample_value(name, {"profile": "metered-test", "outcome": o}) or 0
+        for o in ("ready", "failed", "cancelled")
+    }
+
+
+@pytest.mark.parametrize(
+    "ends, outcome",
+    [
+        ("ready", "ready"),
+        ("raises", "failed"),
+        ("stopped", "cancelled"),  # the user's stop of a pending spawn: JupyterHub cancels start()
+    ],
+)
+def test_a_spawn_is_counted_by_how_it_ends(ends, outcome):
+    spawner = Metered()
+
+    async def start():
+        with spawner.metered_spawn():
+            if ends == "raises":
+                raise RuntimeError("the job failed")
+            if ends == "stopped":
+                await asyncio.sleep(60)
+
+    async def spawn():
+        task = asyncio.create_task(start())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+            await task
+
+    before = spawns_by_outcome()
+    asyncio.run(spawn())
+    after = spawns_by_outcome()
+    assert {o: after[o] - before[o] for o in after} == {o: float(o == outcome) for o in after}
