@@ -19,12 +19,14 @@ class MeteredSpawner:
     @contextmanager
     def metered_spawn(self):
         """Around a spawn: its duration by profile and outcome (ready, failed, cancelled). A stop while the spawn
-        is pending reaches start() as its cancellation: JupyterHub cancels the spawn before it calls stop()."""
+        is pending reaches start() as its cancellation: JupyterHub cancels the spawn before it calls stop(). It
+        cancels start() at start_timeout too: that one failed."""
         began = time.monotonic()
         try:
             yield
         except BaseException as e:
-            cancelled = isinstance(e, asyncio.CancelledError)
+            timed_out = time.monotonic() - began >= self.start_timeout
+            cancelled = isinstance(e, asyncio.CancelledError) and not timed_out
             metrics.observe_spawn(
                 self.profile_label(), "cancelled" if cancelled else "failed", time.monotonic() - began
             )

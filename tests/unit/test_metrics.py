@@ -240,16 +240,19 @@ def spawns_by_outcome() -> dict[str, float]:
         ("ready", "ready"),
         ("raises", "failed"),
         ("stopped", "cancelled"),  # the user's stop of a pending spawn: JupyterHub cancels start()
+        ("timed out", "failed"),  # past start_timeout JupyterHub cancels start() too
     ],
 )
 def test_a_spawn_is_counted_by_how_it_ends(ends, outcome):
     spawner = Metered()
+    if ends == "timed out":
+        spawner.start_timeout = 0
 
     async def start():
         with spawner.metered_spawn():
             if ends == "raises":
                 raise RuntimeError("the job failed")
-            if ends == "stopped":
+            if ends in ("stopped", "timed out"):
                 await asyncio.sleep(60)
 
     async def spawn():
