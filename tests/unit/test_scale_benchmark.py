@@ -4,8 +4,6 @@ its server process, run for real against a small stand-in for the hub's API."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,9 +24,10 @@ from benchmarks.scale import (
     open_loop_schedule,
     poll_offsets,
     results_block,
+    start_servers,
     timing,
 )
-from tests.cluster.slurm import free_port, wait_for
+from tests.cluster.slurm import end_process, wait_for
 
 INF = float("inf")
 
@@ -106,7 +105,7 @@ def a_run(proxy: str, login_p95: float, proxied_p95: float, errors: dict) -> dic
         "route_add": {"n": 300, "mean": 0.004, "p50": 0.003, "p95": 0.009},
         "first_requests": part(0.01),
         "load": {"logins": part(login_p95, errors), "proxied": part(proxied_p95), "activity": part(0.02),
-                 "token_checks": part(0.01), "usage": {**usage, "machine_busy": 80.0}, "late_start_max": 0.01},
+                 "token_checks": part(0.01), "usage": {**usage, "machine_busy": 80.0}},
         "stops": {**part(0.05), "seconds": 8.0},
         "left_running": 0,
         "hub_log_errors": 0,
@@ -197,21 +196,10 @@ def stand_in():
 
 
 @pytest.fixture
-def servers():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.scale_servers", str(port)])
-    url = f"http://127.0.0.1:{port}"
-
-    def answers():
-        try:
-            return requests.get(f"{url}/stats", timeout=1).ok
-        except requests.ConnectionError:
-            return False
-
-    wait_for(answers, 20, "the server process")
+def servers(tmp_path):
+    proc, url = start_servers(tmp_path)
     yield url
-    proc.terminate()
-    proc.wait(10)
+    end_process(proc, 10)
 
 
 def test_a_server_answers_like_a_single_user_server_reports_activity_and_closes_its_port(stand_in, servers):
