@@ -186,6 +186,9 @@ class HubClient:
 
 
 class RunningHub(HubClient):
+    python = sys.executable  # whose campushub runs the hub and proxy
+    cwd: Path | None = None  # their working folder (default: the tests')
+
     def __init__(self, workdir: Path, site: dict, env: dict | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -209,21 +212,26 @@ class RunningHub(HubClient):
 
     # --- processes ---
 
-    def _campushub(self, *args: str, log: str) -> subprocess.Popen:
+    def command(self, *args: str) -> list[str]:
+        """`campushub ARGS --config SITE`, with the hub's Python."""
+        return [str(self.python), "-m", "campushub", *args, "--config", str(self.site_file)]
+
+    def launch(self, *args: str, log: str) -> subprocess.Popen:
+        """`campushub ARGS` in a session of its own, its output appended to `log` in the work folder."""
         out = open(self.workdir / log, "a")
         return subprocess.Popen(
-            [sys.executable, "-m", "campushub", *args, "--config", str(self.site_file)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=self.env,
+            self.command(*args), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=self.env,
+            cwd=self.cwd,
         )  # fmt: skip
 
     def start(self) -> RunningHub:
-        self.proxy = self._campushub("proxy", log="proxy.log")
+        self.proxy = self.launch("proxy", log="proxy.log")
         self.start_hub()
         return self
 
     def start_hub(self) -> None:
         self.hub_starts += 1
-        self.hub = self._campushub("hub", log="hub.log")
+        self.hub = self.launch("hub", log="hub.log")
         wait_for(self.hub_answers, 60, f"the hub to answer (log: {self.workdir / 'hub.log'})", 0.25)
 
     def hub_answers(self) -> bool:

@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 NODE_CPUS = 8  # more than the machine has (config_overrides): room for several single-CPU servers
@@ -56,6 +57,17 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, argv) of every process whose command line can be read now."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            yield int(entry.name), argv
 
 
 def end_process(proc: subprocess.Popen | None, timeout: float = 30) -> None:

@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from campushub.proxy import find_proxy
+
 from .hub import RunningHub
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,8 +51,7 @@ def sh(argv: list, timeout: float = 900, **kwargs) -> subprocess.CompletedProces
 def clean_env(venv: Path) -> dict:
     """The environment of the installation's programs: its bin/ first on PATH, then configurable-http-proxy's
     folder; none of the tests' PYTHONPATH, which would bring this tree's campushub in instead of the installed one."""
-    proxy = Path(sys.executable).parent / "configurable-http-proxy"
-    proxy_dir = str(proxy.parent) if proxy.exists() else os.path.dirname(shutil.which("configurable-http-proxy") or "")
+    proxy_dir = os.path.dirname(find_proxy("chp"))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = os.pathsep.join(p for p in (str(venv / "bin"), proxy_dir, env.get("PATH", "")) if p)
     return env
@@ -106,14 +107,14 @@ def older_constraints(dest: Path) -> Path:
     return dest
 
 
-def build_older(target: Path) -> None:
-    """Make the older installation at INSTALLED, then move it to `target` (a cached one is always complete)."""
+def build_older(target: Path, wheel: Path) -> None:
+    """Make the older installation with `wheel` at INSTALLED, then move it to `target` (a cached one is always
+    complete)."""
     shutil.rmtree(INSTALLED, ignore_errors=True)
     for stale in CACHE.glob("older-*"):  # earlier inputs' installations
         shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="campushub-older-") as folder:
         try:
-            wheel = older_wheel(Path(folder))
             sh([PYTHON, "-m", "venv", INSTALLED])
             pip = [INSTALLED / "bin" / "python", "-m", "pip", "install", "--quiet"]
             sh(
@@ -127,20 +128,19 @@ def build_older(target: Path) -> None:
             raise
 
 
-def older_installation() -> Path:
+def older_installation(wheel: Path) -> Path:
     """A fresh copy of the older installation at INSTALLED (made first if its inputs changed), with the older
-    CampusHub of this tree in it; its path."""
+    CampusHub of this tree (`wheel`, from older_wheel) in it; its path."""
     CACHE.mkdir(parents=True, exist_ok=True)
     target = CACHE / f"older-{cache_key()}"
     with open(CACHE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build or copy at a time
         if not target.is_dir():
-            build_older(target)
+            build_older(target, wheel)
         shutil.rmtree(INSTALLED, ignore_errors=True)
         sh(["cp", "-a", target, INSTALLED])
-    with tempfile.TemporaryDirectory(prefix="campushub-older-") as folder:
-        pip = [INSTALLED / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall"]
-        sh([*pip, older_wheel(Path(folder))], env=clean_env(INSTALLED))
+    pip = [INSTALLED / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall"]
+    sh([*pip, wheel], env=clean_env(INSTALLED))
     sh([INSTALLED / "bin" / "python", "-m", "pip", "check"], env=clean_env(INSTALLED))
     return INSTALLED
 
@@ -164,11 +164,11 @@ def install_newer(venv: Path, wheel_dir: Path) -> subprocess.CompletedProcess:
     return sh([*pip, wheel], env=clean_env(venv), cwd=wheel_dir)
 
 
-def reinstall_older(venv: Path, wheel_dir: Path) -> subprocess.CompletedProcess:
-    """Put the older CampusHub and its JupyterHub back with pip, as an admin rolls an upgrade back."""
-    wheel_dir.mkdir(parents=True, exist_ok=True)
+def reinstall_older(venv: Path, wheel: Path, folder: Path) -> subprocess.CompletedProcess:
+    """Put the older CampusHub (`wheel`) and its JupyterHub back with pip, as an admin rolls an upgrade back."""
+    folder.mkdir(parents=True, exist_ok=True)
     pip = [venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--constraint"]
-    return sh([*pip, older_constraints(wheel_dir / "constraints.txt"), older_wheel(wheel_dir)], env=clean_env(venv))
+    return sh([*pip, older_constraints(folder / "constraints.txt"), wheel], env=clean_env(venv))
 
 
 class InstalledHub(RunningHub):
@@ -177,18 +177,12 @@ class InstalledHub(RunningHub):
 
     def __init__(self, venv: Path, workdir: Path, site: dict):
         self.venv = venv
+        self.python = venv / "bin" / "python"
         super().__init__(workdir, site, env=clean_env(venv))
-
-    def _campushub(self, *args: str, log: str) -> subprocess.Popen:
-        out = open(self.workdir / log, "a")
-        return subprocess.Popen(
-            [str(self.venv / "bin" / "python"), "-m", "campushub", *args, "--config", str(self.site_file)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=self.env, cwd=self.workdir,
-        )  # fmt: skip
+        self.cwd = self.workdir
 
     def campushub(self, *args: str) -> subprocess.CompletedProcess:
         """`campushub ARGS --config SITE` from the installation, to its end."""
         return subprocess.run(
-            [str(self.venv / "bin" / "python"), "-m", "campushub", *args, "--config", str(self.site_file)],
-            capture_output=True, text=True, timeout=300, env=self.env, cwd=self.workdir,
-        )  # fmt: skip
+            self.command(*args), capture_output=True, text=True, timeout=300, env=self.env, cwd=self.cwd
+        )

@@ -17,7 +17,7 @@ import pytest
 import requests
 import yaml
 
-from tests.cluster.slurm import free_port, wait_for
+from tests.cluster.slurm import free_port, processes, wait_for
 
 URL = "http://127.0.0.1:8000"
 DEMO_PORTS = (8000, 8001, 8081, 8090)
@@ -191,14 +191,10 @@ def site_on_free_ports(folder: Path) -> tuple[Path, dict]:
 
 
 def proxy_loading(port: int) -> bool:
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
-        except OSError:
-            continue
-        if argv[:1] == [b"node"] and b"--port" in argv and argv[argv.index(b"--port") + 1] == str(port).encode():
-            return True
-    return False
+    return any(
+        argv[:1] == ["node"] and "--port" in argv and argv[argv.index("--port") + 1] == str(port)
+        for _, argv in processes()
+    )
 
 
 def start_up(site: Path) -> subprocess.Popen:

@@ -22,7 +22,7 @@ import requests
 
 from tests.cluster.hub import running_hub, slurm_site
 from tests.cluster.images import ensure_image
-from tests.cluster.slurm import wait_for
+from tests.cluster.slurm import processes, wait_for
 
 USER = "chub-erin"
 CONTAINERS_CONF = """[containers]
@@ -72,21 +72,15 @@ def hub(slurm, unix_users, singleuser_env, image, tmp_path_factory):
 def container_server_pid(uid: int) -> int:
     """The server process of `uid` that runs in a mount namespace other than ours."""
     ours = os.readlink("/proc/self/ns/mnt")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for pid, argv in processes():
+        # python .../bin/campushub-singleuser jupyterhub-singleuser ARGS: the image's own environment's
+        # server runs in that process (campushub_lab.startup)
+        server = [os.path.basename(a) for a in argv[1:3]] == ["campushub-singleuser", "jupyterhub-singleuser"]
+        if not server or "podman" in argv[0]:
             continue
         try:
-            argv = (entry / "cmdline").read_text().split("\0")
-            # python .../bin/campushub-singleuser jupyterhub-singleuser ARGS: the image's own environment's
-            # server runs in that process (campushub_lab.startup)
-            server = argv[1:3] and [os.path.basename(a) for a in argv[1:3]] == [
-                "campushub-singleuser",
-                "jupyterhub-singleuser",
-            ]
-            if entry.stat().st_uid != uid or not server or "podman" in argv[0]:
-                continue
-            if os.readlink(entry / "ns" / "mnt") != ours:
-                return int(entry.name)
+            if Path(f"/proc/{pid}").stat().st_uid == uid and os.readlink(f"/proc/{pid}/ns/mnt") != ours:
+                return pid
         except OSError:
             continue
     raise AssertionError("no containerized server process")

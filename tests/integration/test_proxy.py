@@ -19,7 +19,7 @@ import websocket
 import yaml
 
 from tests.cluster.hub import RunningHub
-from tests.cluster.slurm import free_port, wait_for
+from tests.cluster.slurm import free_port, processes, wait_for
 from tests.integration.test_demo import another_program, listening, processes_under, site_on_free_ports
 
 ADMIN = "ops"
@@ -116,7 +116,7 @@ def test_a_traefik_restart_keeps_every_route(hub):
     hub.proxy.terminate()
     hub.proxy.wait(30)
     assert not listening(hub.port)
-    hub.proxy = hub._campushub("proxy", log="proxy.log")
+    hub.proxy = hub.launch("proxy", log="proxy.log")
     wait_for(lambda: listening(hub.port), 30, "traefik to listen")
     # traefik listens a moment before it has read its files (it answers 404 then); the hub would add
     # missing routes only at its next check, after culling.activity_interval (60 s)
@@ -209,12 +209,5 @@ def test_traefik_refuses_an_address_that_another_program_holds(tmp_path, taken, 
 
 def traefik_of(state: Path) -> list[int]:
     """The traefik processes run with this state folder's static config."""
-    wanted = f"--configfile={state / 'traefik' / 'traefik.toml'}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and wanted in (entry / "cmdline").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    wanted = f"--configfile={state / 'traefik' / 'traefik.toml'}"
+    return [pid for pid, argv in processes() if wanted in argv]

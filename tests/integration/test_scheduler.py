@@ -25,7 +25,7 @@ from alembic.runtime.migration import MigrationContext
 
 from campushub.scheduler.models import Base
 from tests.cluster.hub import environ_of, running_hub, slurm_site
-from tests.cluster.slurm import free_port, wait_for
+from tests.cluster.slurm import free_port, processes, wait_for
 
 ALICE, BOB, CAROL, DAVE, ADMIN = "chub-alice", "chub-bob", "chub-carol", "chub-dave", "chub-ops"
 PROFILES = [
@@ -104,11 +104,10 @@ def tokens(hub):
 
 
 def service_pid(hub) -> int:
-    for entry in Path("/proc").iterdir():
+    for pid, argv in processes():
         try:
-            if entry.name.isdigit() and b"campushub.scheduler" in (entry / "cmdline").read_bytes():
-                if environ_of(int(entry.name)).get("CAMPUSHUB_CONFIG") == str(hub.site_file):
-                    return int(entry.name)
+            if "campushub.scheduler" in argv and environ_of(pid).get("CAMPUSHUB_CONFIG") == str(hub.site_file):
+                return pid
         except OSError:
             continue
     raise AssertionError("the scheduler service does not run")

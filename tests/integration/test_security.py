@@ -13,7 +13,7 @@ import pytest
 
 from tests.cluster.hub import environ_of, running_hub, slurm_site, uid_of
 from tests.cluster.idp import campus_login
-from tests.cluster.slurm import wait_for
+from tests.cluster.slurm import processes, wait_for
 
 ALICE = "chub-alice"
 
@@ -21,14 +21,11 @@ ALICE = "chub-alice"
 def singleuser_processes_of(user: str) -> list[int]:
     """Processes of jupyterhub-singleuser serving `user` (JUPYTERHUB_USER in their environment)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid, argv in processes():
         try:
-            if b"jupyterhub-singleuser" in (entry / "cmdline").read_bytes():
-                if environ_of(int(entry.name)).get("JUPYTERHUB_USER") == user:
-                    found.append(int(entry.name))
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            if any("jupyterhub-singleuser" in a for a in argv) and environ_of(pid).get("JUPYTERHUB_USER") == user:
+                found.append(pid)
+        except OSError:
             continue
     return found
 

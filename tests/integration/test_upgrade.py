@@ -32,6 +32,7 @@ from tests.cluster.upgrade import (
     install_newer,
     installed_versions,
     older_installation,
+    older_wheel,
     reinstall_older,
     remove_installation,
 )
@@ -42,9 +43,15 @@ USERS = ("ada", "bob")
 
 
 @pytest.fixture
-def older(root_required):
+def older_release(tmp_path) -> Path:
+    """This tree as the older CampusHub's wheel."""
+    return older_wheel(tmp_path / "older-release")
+
+
+@pytest.fixture
+def older(root_required, older_release):
     """The older installation (a fresh copy of the cached one), removed at the end."""
-    yield older_installation()
+    yield older_installation(older_release)
     remove_installation()
 
 
@@ -62,21 +69,18 @@ def write_file(hub: InstalledHub, user: str, token: str, name: str, text: str) -
 def hub_refuses(hub: InstalledHub) -> tuple[int, str]:
     """`campushub hub` run to its end (it must end by itself: a hub that starts is stopped and fails the test)."""
     log = hub.workdir / "refused-hub.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(hub.venv / "bin" / "python"), "-m", "campushub", "hub", "--config", str(hub.site_file)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=hub.env, cwd=hub.workdir,
-        )  # fmt: skip
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(60)
-            pytest.fail(f"the newer hub started on the older database schema: {log.read_text()[-2000:]}")
+    log.unlink(missing_ok=True)
+    proc = hub.launch("hub", log=log.name)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+        pytest.fail(f"the newer hub started on the older database schema: {log.read_text()[-2000:]}")
     return proc.returncode, log.read_text()
 
 
-def test_an_older_campushub_upgrades_in_place_while_servers_run(older, tmp_path):
+def test_an_older_campushub_upgrades_in_place_while_servers_run(older, older_release, tmp_path):
     site = {"auth": {"admin_users": [ADMIN]}, "scheduler": {"enabled": False}}
     hub = InstalledHub(older, tmp_path / "site", site)
     state = Path(hub.site["hub"]["state_dir"])
@@ -161,7 +165,7 @@ def test_an_older_campushub_upgrades_in_place_while_servers_run(older, tmp_path)
         # the newer schema; the backup copied back (SQLite's side files gone first); the older hub started
         hub.stop_server("ada", tokens["ada"])
         hub.stop_hub()
-        reinstall_older(older, tmp_path / "older")
+        reinstall_older(older, older_release, tmp_path / "older")
         assert installed_versions(older, tmp_path) == (OLDER_VERSION, OLDER_JUPYTERHUB)
         code, said = hub_refuses(hub)
         assert code == 2 and f"has schema revision {NEWEST}, which JupyterHub {OLDER_JUPYTERHUB} does not know" in said
